@@ -1,0 +1,145 @@
+"""IR -> JAX: an interpreter of the IR, traced once under ``jit``.
+
+Finite sums are evaluated with ``vmap`` over the index (or over a sampled minibatch
+of indices), never unrolled, so the traced program -- and compile time -- does not
+grow with the data size.  Which sums are sampled, and how, is given by *samplers*
+(one per binder, from :mod:`vrlang.estimators.sampling`); with no sampler, or with
+``key=None``, a sum is exact.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+from vrlang.backend import builtins as JB
+from vrlang.errors import VrDataError, VrEstimatorError
+from vrlang.ir import nodes as N
+
+_DTYPES = {"real": None, "int": jnp.int32, "bool": jnp.bool_}
+
+
+def binder_salt(name: str) -> int:
+    """A stable per-binder integer used to fold PRNG keys."""
+    return zlib.crc32(name.encode()) & 0x7FFFFFFF
+
+
+@dataclass
+class Env:
+    params: dict
+    data: dict
+    consts: dict
+    dims: dict[str, int]
+    key: Any = None
+    samplers: dict = field(default_factory=dict)
+    vars: dict = field(default_factory=dict)
+
+    def dim(self, d):
+        return d if isinstance(d, int) else self.dims[d]
+
+    def bind(self, name, value) -> "Env":
+        return Env(self.params, self.data, self.consts, self.dims, self.key, self.samplers, {**self.vars, name: value})
+
+
+class Interpreter:
+    """Evaluates IR nodes with ``jax.numpy``; externs are Python callables."""
+
+    def __init__(self, externs: dict[str, Callable] | None = None, trace_counter: list | None = None):
+        self.externs = externs or {}
+        self.trace_counter = trace_counter
+
+    def __call__(self, node: N.Node, env: Env):
+        if self.trace_counter is not None:
+            self.trace_counter[0] += 1
+        return self.eval(node, env)
+
+    def eval(self, node: N.Node, env: Env):
+        return getattr(self, "ev_" + type(node).__name__.lower())(node, env)
+
+    def ev_lit(self, node: N.Lit, env):
+        return jnp.asarray(node.value, dtype=_DTYPES[node.type.base] or jnp.result_type(float))
+
+    def ev_ref(self, node: N.Ref, env: Env):
+        if node.kind == "param":
+            return env.params[node.name]
+        if node.kind == "data":
+            return env.data[node.name]
+        if node.kind == "const":
+            return env.consts[node.name]
+        if node.kind == "dim":
+            return jnp.asarray(env.dims[node.name], jnp.int32)
+        return env.vars[node.name]
+
+    def ev_op(self, node: N.Op, env: Env):
+        args = [self.eval(a, env) for a in node.args]
+        if node.op == "one_hot":
+            size = env.dim(node.static[0])
+            return jax.nn.one_hot(args[0], size, dtype=jnp.result_type(float))
+        if len(args) == 1:
+            return JB.UNARY[node.op](args[0])
+        if len(args) == 2:
+            a, b = args
+            if node.op in ("add", "sub", "mul", "div", "pow", "maximum", "minimum", "dot", "matmul") \
+                    and node.type.base == "real":
+                a, b = _as_float(a), _as_float(b)
+            return JB.BINARY[node.op](a, b)
+        return JB.TERNARY[node.op](*args)
+
+    def ev_index(self, node: N.Index, env: Env):
+        base = self.eval(node.base, env)
+        idx = tuple(slice(None) if i is None else self.eval(i, env) for i in node.items)
+        return base[idx]
+
+    def ev_vector(self, node: N.Vector, env: Env):
+        items = [self.eval(i, env) for i in node.items]
+        if node.type.base == "real":
+            items = [_as_float(i) for i in items]
+        return jnp.stack(items)
+
+    def ev_externcall(self, node: N.ExternCall, env: Env):
+        fn = self.externs.get(node.name)
+        if fn is None:  # guarded at compile time; kept for the runtime used without the driver
+            raise VrEstimatorError("E310", f"extern `{node.name}` was not supplied", node.span)
+        out = jnp.asarray(fn(*[self.eval(a, env) for a in node.args]))
+        want = tuple(env.dim(d) for d in node.type.shape)
+        if out.shape != want:
+            raise VrDataError("E410", f"extern `{node.name}` returned shape {out.shape}, declared {want}", node.span)
+        return out
+
+    def ev_sum(self, node: N.Sum, env: Env):
+        lo, hi = env.dim(node.lo), env.dim(node.hi)
+        n = hi - lo
+        sampler = env.samplers.get(node.binder)
+
+        def body(i):
+            return self.eval(node.body, env.bind(node.binder, i))
+
+        if sampler is None or env.key is None:
+            vals = jax.vmap(body)(jnp.arange(lo, hi, dtype=jnp.int32))
+            total = jnp.sum(_as_float(vals), axis=0) if node.type.base == "real" else jnp.sum(vals, axis=0)
+        else:
+            key = jax.random.fold_in(env.key, binder_salt(node.binder))
+            idx, weights = sampler.sample(key, n, env)
+            vals = jax.vmap(body)(idx + lo)
+            total = jnp.tensordot(weights, _as_float(vals), axes=1)
+        return total / n if node.mean else total
+
+    def ev_expect(self, node: N.Expect, env: Env):
+        raise VrEstimatorError("E390", f"expectations (binder `{node.binder}`) are not compiled yet in this version",
+                               node.span, "E(...) is parsed and type-checked; its estimators arrive with issue 4")
+
+    def ev_decision(self, node: N.Decision, env: Env):
+        raise VrEstimatorError("E390", f"{node.op}(...) (binder `{node.binder}`) is not compiled yet in this version",
+                               node.span, "bilevel binders are parsed and type-checked; hypergradients arrive with issue 5")
+
+    def ev_dist(self, node, env):  # pragma: no cover - only reached through ev_expect
+        raise VrEstimatorError("E390", "distributions are not compiled yet", node.span)
+
+
+def _as_float(x):
+    x = jnp.asarray(x)
+    return x if jnp.issubdtype(x.dtype, jnp.floating) else x.astype(jnp.result_type(float))

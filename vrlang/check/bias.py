@@ -1,0 +1,72 @@
+"""The bias analysis: a discipline checked by composition rules, as CVXPY checks convexity.
+
+A sampled estimate of a finite sum is unbiased; it stays unbiased through operations
+that are *linear in it*: ``+``, ``-``, negation, scaling by a quantity that does not
+depend on the same random draw, indexing, ``dot``/``@`` with such a quantity, and
+enclosing sums.  Any other operation applied to a sampled sum (``log``, ``^``,
+``softplus``, a product of two estimates from the same draw, ...) makes the estimate
+biased, since E[g(X)] != g(E[X]) for nonlinear g.  The analysis names the innermost
+offending operation, the binder, and a fix.
+"""
+
+from __future__ import annotations
+
+from vrlang.errors import VrWarning
+from vrlang.ir import nodes as N
+
+_LINEAR_ALL = {"add", "sub", "neg", "sum", "mean", "transpose"}
+_LINEAR_ONE_SIDE = {"mul", "dot", "matmul"}  # linear in each argument separately
+_LINEAR_FIRST = {"div"}  # linear in the numerator only
+
+_OP_NAMES = {"pow": "^", "mul": "*", "div": "/", "dot": "dot", "matmul": "@"}
+
+
+def _sampled_in(node: N.Node, sampled: set[str], memo: dict) -> frozenset:
+    key = id(node)
+    if key not in memo:
+        found = set()
+        if isinstance(node, N.Sum) and node.binder in sampled:
+            found.add(node.binder)
+        for c in node.children():
+            found |= _sampled_in(c, sampled, memo)
+        memo[key] = frozenset(found)
+    return memo[key]
+
+
+def analyse(root: N.Node, sampled: set[str], where: str = "the objective") -> list[VrWarning]:
+    """Warnings for every sampled binder that reaches ``root`` through a nonlinear operation."""
+    if not sampled:
+        return []
+    memo: dict = {}
+    warnings: dict[str, VrWarning] = {}
+
+    def visit(node: N.Node):
+        here = _sampled_in(node, sampled, memo)
+        if not here:
+            return
+        if isinstance(node, N.Op):
+            arg_sets = [_sampled_in(a, sampled, memo) for a in node.args]
+            nonlinear: set[str] = set()
+            if node.op in _LINEAR_ALL:
+                pass
+            elif node.op in _LINEAR_ONE_SIDE and len(arg_sets) == 2:
+                nonlinear |= arg_sets[0] & arg_sets[1]  # the same draw on both sides
+            elif node.op in _LINEAR_FIRST:
+                nonlinear |= arg_sets[1]
+            else:
+                for s in arg_sets:
+                    nonlinear |= s
+            for b in sorted(nonlinear):
+                if b not in warnings:
+                    op = _OP_NAMES.get(node.op, node.op)
+                    warnings[b] = VrWarning(
+                        "W301",
+                        f"the minibatched sum over `{b}` passes through the nonlinear `{op}` in {where}, "
+                        f"so its gradient estimate is biased",
+                        node.span,
+                        f"estimate `{b}` by full, or rewrite so that `{op}` is applied inside the sum")
+        for c in node.children():
+            visit(c)
+
+    visit(root)
+    return list(warnings.values())

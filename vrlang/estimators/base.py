@@ -1,0 +1,60 @@
+"""The runtime protocol of gradient estimators (usable without the DSL).
+
+Following optax's ``init``/``update`` split, an estimator is an equinox Module with
+
+* ``init(params, key) -> state`` -- an explicit pytree (``None`` when stateless);
+* ``estimate(params, state, key) -> (grads, state)`` -- ``grads`` has the structure of
+  ``params`` (a dict name -> array) and estimates the gradient of the objective.
+
+Hyperparameters and data are array fields, hence traced: changing them never
+recompiles.  The objective is a :class:`CompiledObjective`: a pure function of
+``(params, data, consts, key)`` where ``key=None`` means "exact" and a key selects the
+random minibatches of the sampled sums.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, ClassVar
+
+import equinox as eqx
+import jax
+
+
+class CompiledObjective(eqx.Module):
+    """An objective bound to its data and constants.
+
+    ``fn(params, data, consts, key)`` returns a scalar; with ``key=None`` every finite
+    sum is exact, with a key each sampled sum draws its minibatch, so that
+    ``E_key[fn(params, ..., key)] = fn(params, ..., None)`` when the composition is
+    linear (the bias analysis says when it is not).
+    """
+
+    data: dict
+    consts: dict
+    fn: Callable = eqx.field(static=True)
+    components: int = eqx.field(static=True, default=1)  # component gradients of one exact evaluation
+
+    def value(self, params):
+        return self.fn(params, self.data, self.consts, None)
+
+    def sample(self, params, key):
+        return self.fn(params, self.data, self.consts, key)
+
+
+class AbstractGradientEstimator(eqx.Module):
+    """Base class: subclasses define ``init`` and ``estimate``."""
+
+    unbiased: ClassVar[bool] = True
+    # Subclasses also carry two static fields: ``evals_per_step`` (component-gradient
+    # evaluations per call of ``estimate``, amortised) and ``steps_per_epoch``.
+
+    def init(self, params, key) -> Any:
+        return None
+
+    def estimate(self, params, state, key):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+def tree_axpy(a, x, y):
+    """a * x + y on pytrees."""
+    return jax.tree_util.tree_map(lambda xi, yi: a * xi + yi, x, y)

@@ -1,0 +1,86 @@
+"""Estimator and solver specs: ``name(key = value, ...)`` checked against a signature.
+
+A spec is parsed with the language's own grammar (start symbol ``spec``) and its
+arguments are evaluated as compile-time constants: numbers, names such as ``auto`` or
+``uniform``, nested specs (``inner = sgd(lr = 0.1)``) -- never arbitrary code.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Any
+
+from vrlang.errors import Span, VrEstimatorError
+from vrlang.syntax import ast
+
+
+@dataclass(frozen=True)
+class Spec:
+    name: str
+    args: dict[str, Any]
+    span: Span | None = field(default=None, compare=False)
+    arg_spans: dict[str, Span | None] = field(default_factory=dict, compare=False)
+
+    def __str__(self) -> str:
+        if not self.args:
+            return self.name
+        return f"{self.name}({', '.join(f'{k} = {_show(v)}' for k, v in self.args.items())})"
+
+
+def _show(v) -> str:
+    return str(v) if not isinstance(v, float) else f"{v:g}"
+
+
+def _value(e: ast.Expr):
+    if isinstance(e, ast.Number):
+        return e.value
+    if isinstance(e, ast.Unary) and e.op == "-" and isinstance(e.operand, ast.Number):
+        return -e.operand.value
+    if isinstance(e, ast.Name):
+        if e.id in ("true", "false"):
+            return e.id == "true"
+        return Spec(e.id, {}, e.span)
+    if isinstance(e, ast.Call):
+        return to_spec(e)
+    return e  # an expression (e.g. weights(expr)); the estimator that takes it checks it
+
+
+def to_spec(e: ast.Expr) -> Spec:
+    if isinstance(e, ast.Name):
+        return Spec(e.id, {}, e.span)
+    if isinstance(e, ast.Call):
+        if e.args:
+            raise VrEstimatorError("E300", f"arguments of `{e.func}` must be named, e.g. {e.func}(batch = 16)",
+                                   e.args[0].span)
+        return Spec(e.func, {k.name: _value(k.value) for k in e.kwargs}, e.span,
+                    {k.name: k.span for k in e.kwargs})
+    raise VrEstimatorError("E300", "expected a name or a call such as `sgd(lr = 0.1)`", e.span)
+
+
+def check_args(spec: Spec, allowed: dict[str, str], what: str) -> None:
+    """Refuse unknown keyword arguments, with a did-you-mean."""
+    for k in spec.args:
+        if k not in allowed:
+            close = difflib.get_close_matches(k, list(allowed), n=1, cutoff=0.6)
+            hint = f"did you mean `{close[0]}`?" if close else (
+                f"`{spec.name}` takes: {', '.join(allowed)}" if allowed else f"`{spec.name}` takes no arguments")
+            raise VrEstimatorError("E301", f"{what} `{spec.name}` has no argument `{k}`",
+                                   spec.arg_spans.get(k) or spec.span, hint)
+
+
+def number(spec: Spec, key: str, default, *, integer=False, positive=True, allow_auto=False, upper=None):
+    v = spec.args.get(key, default)
+    if allow_auto and isinstance(v, Spec) and v.name == "auto" and not v.args:
+        return "auto"
+    span = spec.arg_spans.get(key) or spec.span
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise VrEstimatorError("E302", f"`{key}` of `{spec.name}` must be a number"
+                               + (" or `auto`" if allow_auto else ""), span)
+    if integer and (not float(v).is_integer()):
+        raise VrEstimatorError("E302", f"`{key}` of `{spec.name}` must be an integer, got {v}", span)
+    if positive and not v > 0:
+        raise VrEstimatorError("E302", f"`{key}` of `{spec.name}` must be positive, got {v}", span)
+    if upper is not None and v > upper:
+        raise VrEstimatorError("E302", f"`{key}` of `{spec.name}` must be at most {upper}, got {v}", span)
+    return int(v) if integer else float(v)

@@ -1,0 +1,480 @@
+"""The driver: one function runs the stages in order (as stanc3's driver does).
+
+``source -> parse -> AST -> check -> IR -> transforms -> JAX -> solve loop``.
+:func:`compile` runs everything up to the transformed program; :class:`Program`
+binds data, lowers to JAX (cached per data shape, so a second solve on same-shaped
+data reuses the compiled loop) and runs the solve.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vrlang import data as D
+from vrlang.backend.constraints import default_init, unconstrain
+from vrlang.backend.lower import Env, Interpreter
+from vrlang.check import bias
+from vrlang.check.checker import check
+from vrlang.check.program import CheckedProgram
+from vrlang.errors import VrDataError, VrError, VrEstimatorError, VrTypeError, VrWarning
+from vrlang.estimators.base import CompiledObjective
+from vrlang.estimators.finite_sum import FullGradient, MinibatchGradient, SVRGGradient
+from vrlang.estimators.spec import Spec, to_spec
+from vrlang.ir import nodes as N
+from vrlang.solvers import loop
+from vrlang.solvers.spec import SolverConfig, solver_config
+from vrlang.solvers.status import Status
+from vrlang.syntax import ast, parse_program, parse_spec
+from vrlang.transforms import DEFAULT, EstimatorChoice, choose
+
+DEFAULT_SOLVER = "sgd(lr = auto, epochs = 100)"
+
+
+# ------------------------------------------------------------------------- results
+
+
+@dataclass
+class Result:
+    """The outcome of :meth:`Program.solve`."""
+
+    params: dict[str, np.ndarray]
+    history: dict[str, np.ndarray]
+    status: str
+    message: str
+    epochs: int
+    steps: int
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def objective(self) -> float:
+        return float(self.history["objective"][-1])
+
+    def summary(self) -> str:
+        h = self.history
+        lines = [f"status     {self.status}: {self.message}",
+                 f"objective  {h['objective'][-1]:.10g}",
+                 f"grad norm  {h['grad_norm'][-1]:.3e}",
+                 f"epochs     {self.epochs}   steps {self.steps}   grad evals {int(h['grad_evals'][-1])}",
+                 f"time       {h['time'][-1]:.3f} s"]
+        for k, v in h.items():
+            if k not in ("objective", "grad_norm", "grad_evals", "time", "epoch"):
+                lines.append(f"{k:<10} {v[-1]:.6g}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return {"status": self.status, "message": self.message, "epochs": self.epochs, "steps": self.steps,
+                "objective": self.objective, "info": self.info,
+                "history": {k: [float(x) for x in v] for k, v in self.history.items()},
+                "params": {k: np.asarray(v).tolist() for k, v in self.params.items()}}
+
+
+class _ReportFn:
+    """Evaluates every `report` expression; a stable callable (static under jit)."""
+
+    def __init__(self, names, nodes, dims, interp):
+        self.names, self.nodes, self.dims, self.interp = tuple(names), tuple(nodes), dims, interp
+
+    def __call__(self, params, data, consts, key):
+        env = Env(params, data, consts, self.dims)
+        return jnp.stack([jnp.asarray(self.interp(n, env), jnp.result_type(float)) for n in self.nodes])
+
+
+# ------------------------------------------------------------------------- program
+
+
+class Program:
+    """A compiled vrlang program (see LANGUAGE.md §6)."""
+
+    def __init__(self, cp: CheckedProgram, choices: dict[str, EstimatorChoice], solver: SolverConfig,
+                 externs: Mapping[str, Callable], consts: dict[str, np.ndarray], x64: bool,
+                 warnings: list[VrWarning], ast_program: ast.Program):
+        self.checked = cp
+        self.choices = choices
+        self.solver = solver
+        self.externs = dict(externs)
+        self.consts = consts
+        self.x64 = x64
+        self.warnings = warnings
+        self.ast = ast_program
+        self.trace_counter = [0]
+        self._interp = Interpreter(self.externs, self.trace_counter)
+        self._lowered: dict = {}
+
+    # ---- precision
+    def _precision(self):
+        return jax.enable_x64(True) if self.x64 else contextlib.nullcontext()
+
+    @property
+    def float_dtype(self):
+        return np.float64 if self.x64 else np.float32
+
+    # ---- binding data
+    def _bind(self, data: Mapping | None, consts: Mapping | None = None):
+        arrays, dims = D.validate(self.checked, D.gather(self.checked, data))
+        key = tuple(sorted(dims.items()))
+        if key not in self._lowered:
+            self._lowered[key] = self._lower(dims)
+        fns = self._lowered[key]
+        fdt = self.float_dtype
+        jdata = {k: jnp.asarray(v, fdt if v.dtype.kind == "f" else v.dtype) for k, v in arrays.items()}
+        jconsts = {k: jnp.asarray(v, fdt if self.checked.consts[k].type.base == "real" else np.int32)
+                   for k, v in self._merge_consts(consts).items()}
+        return dims, fns, jdata, jconsts
+
+    def _merge_consts(self, overrides: Mapping | None) -> dict[str, np.ndarray]:
+        return _merge_consts(self.checked, self.consts, overrides)
+
+    def _lower(self, dims: dict[str, int]) -> dict:
+        cp, interp = self.checked, self._interp
+        samplers = {b: c.sampler for b, c in self.choices.items() if c.sampler is not None}
+        root = cp.objective
+
+        def objective(params, data, consts, key):
+            return interp(root, Env(params, data, consts, dims, key, samplers))
+
+        sizes = {}
+        for b, info in cp.binders.items():
+            if info.kind == "index":
+                node = info.nodes[0]
+                sizes[b] = _size(node.hi, dims) - _size(node.lo, dims)
+        exact_evals = max(1, _count(root, sizes, {}))
+        eff = {b: (c.sampler.batch if c.sampler is not None else sizes.get(b, 1)) for b, c in self.choices.items()}
+        eff = {**sizes, **{b: v for b, v in eff.items() if b in sizes}}
+        sampled_evals = max(1, _count(root, eff, {}))
+        reports = _ReportFn(cp.reports.keys(), cp.reports.values(), dims, interp) if cp.reports else None
+        return {"objective": objective, "reports": reports, "exact_evals": exact_evals,
+                "sampled_evals": sampled_evals, "sizes": sizes}
+
+    def _objective_module(self, fns, jdata, jconsts) -> CompiledObjective:
+        return CompiledObjective(jdata, jconsts, fns["objective"], fns["exact_evals"])
+
+    def _estimator(self, fns, obj: CompiledObjective):
+        families = {c.family for c in self.choices.values() if c.kind == "index"} - {"full"}
+        if not families:
+            return FullGradient(obj, float(fns["exact_evals"]), 1)
+        spe = max(1, math.ceil(fns["exact_evals"] / fns["sampled_evals"]))
+        if families == {"sgd"}:
+            return MinibatchGradient(obj, float(fns["sampled_evals"]), spe)
+        if families == {"svrg"}:
+            (c,) = [c for c in self.choices.values() if c.family == "svrg"]
+            m = c.options.get("epoch") or spe
+            evals = 2.0 * fns["sampled_evals"] + fns["exact_evals"] / m
+            return SVRGGradient(obj, m, evals, m)
+        names = ", ".join(f"{c.spec.name} on `{b}`" for b, c in self.choices.items() if c.family != "full")
+        raise VrEstimatorError("E393", f"combining {names} is not supported yet in this version", None,
+                               "use one variance-reduction method for all sampled sums, or sgd for all")
+
+    # ---- public API
+    def gradient_estimator(self, data: Mapping | None = None, consts: Mapping | None = None):
+        """The compiled gradient estimator on its own: ``init(params, key)``, ``estimate(params, state, key)``."""
+        with self._precision():
+            _, fns, jdata, jconsts = self._bind(data, consts)
+            return _KeyedEstimator(self._estimator(fns, self._objective_module(fns, jdata, jconsts)), self.x64)
+
+    def objective(self, params: Mapping, data: Mapping | None = None, consts: Mapping | None = None) -> float:
+        """The exact objective at ``params`` (every sum exact)."""
+        with self._precision():
+            _, fns, jdata, jconsts = self._bind(data, consts)
+            p = self._check_params(params)
+            return float(fns["objective"](p, jdata, jconsts, None))
+
+    def grad(self, params: Mapping, data: Mapping | None = None, consts: Mapping | None = None) -> dict:
+        """The exact gradient of the objective with respect to each param."""
+        with self._precision():
+            _, fns, jdata, jconsts = self._bind(data, consts)
+            p = self._check_params(params)
+            g = jax.grad(lambda q: fns["objective"](q, jdata, jconsts, None))(p)
+            return {k: np.asarray(v) for k, v in g.items()}
+
+    def init_params(self, data: Mapping | None = None) -> dict[str, np.ndarray]:
+        """The declared initial values (defaults at the centre of each constraint set)."""
+        arrays, dims = D.validate(self.checked, D.gather(self.checked, data))
+        return self._init_params(dims)
+
+    def _init_params(self, dims) -> dict[str, np.ndarray]:
+        out = {}
+        for name, p in self.checked.params.items():
+            shape = tuple(_size(d, dims) for d in p.type.shape)
+            v = default_init(p.constraint, p.bounds, shape) if p.init is None else np.broadcast_to(p.init, shape)
+            out[name] = np.array(v, dtype=np.float64)
+        return out
+
+    def _check_params(self, params: Mapping) -> dict:
+        want = set(self.checked.params)
+        got = set(params)
+        if got != want:
+            missing, extra = sorted(want - got), sorted(got - want)
+            raise VrDataError("E420", "params do not match the program: "
+                              + (f"missing {', '.join(missing)}" if missing else "")
+                              + ("; " if missing and extra else "") + (f"unknown {', '.join(extra)}" if extra else ""))
+        return {k: jnp.asarray(v, self.float_dtype) for k, v in params.items()}
+
+    def solve(self, data: Mapping | None = None, key: int | jax.Array = 0, consts: Mapping | None = None,
+              params: Mapping | None = None, solver: str | None = None, verbose: bool = False,
+              on_epoch: Callable | None = None) -> Result:
+        """Run the solver; see LANGUAGE.md §5-6."""
+        cfg = self.solver if solver is None else solver_config(_spec(solver, "solver"))
+        if cfg.name == "lbfgs" and any(c.sampler is not None for c in self.choices.values()):
+            raise VrEstimatorError("E502", "lbfgs is deterministic: every finite sum must be estimated by `full`",
+                                   cfg.spec.span, "use sgd/adam with sampled estimators, or estimate ... by full")
+        with self._precision():
+            dims, fns, jdata, jconsts = self._bind(data, consts)
+            obj = self._objective_module(fns, jdata, jconsts)
+            est = self._estimator(fns, obj)
+            reps = CompiledObjective(jdata, jconsts, fns["reports"]) if fns["reports"] else None
+            cons = tuple((n, p.constraint, p.bounds) for n, p in self.checked.params.items() if p.constraint)
+            sign = 1.0 if self.checked.sense == "minimize" else -1.0
+            problem = loop.SolveProblem(est, obj, reps, cons, sign)
+            p0 = self._init_params(dims)
+            if params is not None:
+                p0.update({k: np.asarray(v, np.float64) for k, v in self._check_params({**p0, **params}).items()})
+            u0 = {n: jnp.asarray(unconstrain(self.checked.params[n].constraint, self.checked.params[n].bounds, v),
+                                 self.float_dtype) for n, v in p0.items()}
+            info = {"solver": str(cfg.spec), "estimators": {b: str(c.spec) for b, c in self.choices.items()}}
+            lr = cfg.lr
+            if lr == "auto" or lr is None:
+                lr, note = _auto_lr(cfg, problem, u0, est)
+                info["lr_auto"] = note
+            info["lr"] = float(lr) if lr is not None else None
+            max_epochs = cfg.epochs if cfg.epochs is not None else math.ceil(cfg.steps / est.steps_per_epoch)
+            if cfg.steps is not None and cfg.epochs is not None:
+                max_epochs = min(cfg.epochs, math.ceil(cfg.steps / est.steps_per_epoch))
+            capacity = 1 << max(4, int(max_epochs + 1 - 1).bit_length())
+            fdt = self.float_dtype
+            limits = {"epochs": jnp.asarray(max_epochs, jnp.int32),
+                      "steps": jnp.asarray(cfg.steps if cfg.steps is not None else np.iinfo(np.int32).max, jnp.int32),
+                      "tol": jnp.asarray(cfg.tol if cfg.tol is not None else -1.0, fdt),
+                      "time": jnp.asarray(cfg.time if cfg.time is not None else np.inf, jnp.float32)}
+            hyper = {k: jnp.asarray(v, fdt) for k, v in cfg.hyper().items()}
+            k = jax.random.PRNGKey(key) if isinstance(key, (int, np.integer)) else key
+            cb = on_epoch
+            if verbose and cb is None:
+                cb = _print_epoch
+            out = loop.run(problem, u0, k, lr if lr is not None else 0.0, hyper, limits, solver=cfg.name,
+                           memory=cfg.memory, capacity=capacity, on_epoch=cb)
+            u = {n: jnp.asarray(v) for n, v in out["u"].items()}
+            final = {n: np.asarray(v) for n, v in jax.device_get(problem.to_params(u)).items()}
+        nrec = int(out["records"])
+        h = np.asarray(out["history"])[:nrec]
+        history = {"epoch": np.arange(nrec), "objective": h[:, 0], "grad_norm": h[:, 1], "grad_evals": h[:, 2],
+                   "time": h[:, 3]}
+        for j, name in enumerate(self.checked.reports):
+            history[name] = h[:, 4 + j]
+        status = Status(int(out["status"]))
+        return Result(final, history, status.label, status.message(cfg.tol), int(out["epochs"]), int(out["steps"]), info)
+
+    def explain(self, stage: str | None = None) -> str:
+        from vrlang.explain import explain
+        return explain(self, stage)
+
+
+class _KeyedEstimator:
+    """Wraps a runtime estimator so that keys may be given as ints, as LANGUAGE.md §6 shows."""
+
+    def __init__(self, est, x64):
+        self.module, self.x64 = est, x64
+        self.unbiased = est.unbiased
+        self.steps_per_epoch, self.evals_per_step = est.steps_per_epoch, est.evals_per_step
+
+    def _ctx(self):
+        return jax.enable_x64(True) if self.x64 else contextlib.nullcontext()
+
+    def _key(self, key):
+        return jax.random.PRNGKey(key) if isinstance(key, (int, np.integer)) else key
+
+    def _params(self, params):
+        fdt = jnp.float64 if self.x64 else jnp.float32
+        return {k: jnp.asarray(v, fdt) for k, v in params.items()}
+
+    def init(self, params, key=0):
+        with self._ctx():
+            return self.module.init(self._params(params), self._key(key))
+
+    def estimate(self, params, state, key):
+        with self._ctx():
+            return _jit_estimate(self.module, self._params(params), state, self._key(key))
+
+
+@jax.jit
+def _jit_estimate(module, params, state, key):
+    return module.estimate(params, state, key)
+
+
+def _print_epoch(epoch, obj, gnorm, t):
+    print(f"epoch {epoch:5d}  objective {obj: .8e}  grad norm {gnorm:.3e}  time {t:7.3f}s", flush=True)
+
+
+def _size(d, dims) -> int:
+    return d if isinstance(d, int) else dims[d]
+
+
+def _count(node: N.Node, sizes: dict, memo: dict) -> int:
+    """Component evaluations of one evaluation of ``node`` (products along nested sums)."""
+    if id(node) in memo:
+        return 0  # a shared `let` is evaluated once
+    memo[id(node)] = True
+    if isinstance(node, N.Sum):
+        return sizes.get(node.binder, 1) * max(1, _count(node.body, sizes, memo))
+    return sum(_count(c, sizes, memo) for c in node.children())
+
+
+_AUTO_TRACES = [0]
+
+
+def _auto_lr(cfg: SolverConfig, problem, u0, est) -> tuple[float | None, str]:
+    if cfg.name == "lbfgs":
+        return None, "lbfgs uses a zoom line search (no step size)"
+    if cfg.name == "adam":
+        return 1e-2, "adam: lr = auto is 0.01 (no smoothness-based rule for Adam)"
+    L = float(_power_iteration(problem, u0))
+    if not np.isfinite(L) or L <= 0:
+        return 1e-3, f"power iteration gave L = {L:.3g}; falling back to lr = 0.001"
+    if isinstance(est, FullGradient):
+        return 1.0 / L, f"1/L with L = {L:.4g} (power iteration on the Hessian at the initial point)"
+    return 1.0 / (4.0 * L), (f"1/(4L) with L = {L:.4g} (power iteration on the full Hessian at the initial point; "
+                             "the factor 4 is a safety margin for minibatch noise)")
+
+
+@jax.jit
+def _power_iteration(problem, u0):
+    _AUTO_TRACES[0] += 1
+    f = problem.solver_objective
+    leaves, tdef = jax.tree_util.tree_flatten(u0)
+    v = jax.tree_util.tree_unflatten(tdef, [jnp.ones_like(x) for x in leaves])
+
+    def hvp(v):
+        return jax.jvp(jax.grad(f), (u0,), (v,))[1]
+
+    def norm(t):
+        return jnp.sqrt(sum(jnp.sum(x * x) for x in jax.tree_util.tree_leaves(t)))
+
+    def body(_, carry):
+        v, lam = carry
+        v = jax.tree_util.tree_map(lambda x: x / jnp.maximum(norm(v), 1e-30), v)
+        hv = hvp(v)
+        return hv, norm(hv)
+
+    _, lam = jax.lax.fori_loop(0, 50, body, (v, jnp.zeros((), jnp.result_type(float))))
+    return lam
+
+
+# --------------------------------------------------------------------- compile()
+
+
+def _spec(text: str, what: str) -> Spec:
+    if isinstance(text, Spec):
+        return text
+    return to_spec(parse_spec(text, what))
+
+
+def _merge_consts(cp: CheckedProgram, base: dict, overrides: Mapping | None) -> dict:
+    out = dict(base)
+    for k, v in (overrides or {}).items():
+        decl = cp.consts.get(k)
+        if decl is None:
+            raise VrTypeError("E290", f"`{k}` is not a const of this program", None,
+                              "consts: " + (", ".join(cp.consts) or "none"))
+        try:
+            a = np.asarray(v, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise VrTypeError("E291", f"const `{k}` must be a number or an array of numbers, got {v!r}") from None
+        want = tuple(decl.type.shape)
+        if a.shape != want:
+            raise VrTypeError("E291", f"const `{k}` is {decl.type}, the value given has shape {a.shape}", decl.span)
+        if decl.type.base == "int" and not np.all(a == np.round(a)):
+            raise VrTypeError("E291", f"const `{k}` is int, got {v!r}", decl.span)
+        out[k] = a
+    return out
+
+
+def _read_source(src: str | os.PathLike) -> tuple[str, str | None]:
+    if isinstance(src, os.PathLike):
+        p = Path(src)
+    elif isinstance(src, str) and "\n" not in src and src.strip().endswith(".vr"):
+        p = Path(src.strip())
+    else:
+        return str(src), None
+    if not p.is_file():
+        raise VrDataError("E400", f"no such program file: {p}")
+    return p.read_text(), str(p)
+
+
+def front_end(src: str | os.PathLike):
+    """Stages parse and check: returns (source, file, AST, CheckedProgram)."""
+    text, file = _read_source(src)
+    prog = parse_program(text, file)
+    return text, file, prog, check(prog)
+
+
+def compile(src: str | os.PathLike, *, consts: Mapping | None = None, externs: Mapping | None = None,
+            estimators: Mapping[str, str] | None = None, solver: str | None = None, x64: bool = False) -> Program:
+    """Compile a vrlang program (a path to a ``.vr`` file or the source text itself)."""
+    text, file, prog, cp = front_end(src)
+    try:
+        for b, s in (estimators or {}).items():
+            if b not in cp.binders:
+                raise VrEstimatorError("E250", f"no binder named `{b}`", None,
+                                       "binders: " + (", ".join(cp.binders) or "none"))
+            cp.binders[b].spec = parse_spec(s, f"estimate {b}")
+        choices = {}
+        sizes = _symbolic_sizes(cp)
+        for b, info in cp.binders.items():
+            spec = to_spec(info.spec) if info.spec is not None else Spec(DEFAULT[info.kind], {})
+            choices[b] = choose(info, spec, sizes)
+        if solver is not None:
+            scfg = solver_config(_spec(solver, "solver"))
+        elif cp.solver_spec is not None:
+            scfg = solver_config(to_spec(cp.solver_spec))
+        else:
+            scfg = solver_config(_spec(DEFAULT_SOLVER, "solver"))
+        base_consts = {k: c.value for k, c in cp.consts.items()}
+        merged = _merge_consts(cp, base_consts, consts)
+        externs = dict(externs or {})
+        for name, decl in cp.externs.items():
+            if name not in externs:
+                raise VrEstimatorError("E310", f"extern `{name}` was declared but not supplied", decl.span,
+                                       f"pass externs={{'{name}': fn}} to vrlang.compile")
+            if not callable(externs[name]):
+                raise VrEstimatorError("E311", f"extern `{name}` must be callable, got {type(externs[name]).__name__}",
+                                       decl.span)
+        unknown_ext = sorted(set(externs) - set(cp.externs))
+        if unknown_ext:
+            raise VrEstimatorError("E312", f"extern `{unknown_ext[0]}` is not declared in the program", None,
+                                   f"declare it: extern {unknown_ext[0]}(x: real) -> real")
+        _refuse_unsupported(cp, choices)
+        sampled = {b for b, c in choices.items() if c.sampler is not None}
+        warnings = bias.analyse(cp.objective, sampled)
+    except VrError as e:
+        raise e.with_source(text, file)
+    for w in warnings:
+        if w.span is not None and w.span.source is None:
+            VrError.with_source(w, text, file)  # same attribute layout
+    return Program(cp, choices, scfg, externs, merged, x64, warnings, prog)
+
+
+def _symbolic_sizes(cp: CheckedProgram) -> dict:
+    out = {}
+    for b, info in cp.binders.items():
+        if info.kind == "index":
+            node = info.nodes[0]
+            out[b] = f"{node.hi}" if node.lo == 0 else f"{node.hi} - {node.lo}"
+    return out
+
+
+def _refuse_unsupported(cp: CheckedProgram, choices) -> None:
+    for node in N.walk(cp.objective):
+        if isinstance(node, (N.Expect, N.Decision)):
+            what = "expectations E(...)" if isinstance(node, N.Expect) else f"{node.op}(...) binders"
+            later = "issue 4" if isinstance(node, N.Expect) else "issue 5"
+            raise VrEstimatorError("E390", f"{what} are parsed and checked but not compiled yet in this version "
+                                   f"(binder `{node.binder}`)", node.span,
+                                   f"`vrlang check` accepts this program; compiling it arrives with {later}")

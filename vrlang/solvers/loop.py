@@ -1,0 +1,170 @@
+"""The solve loop: the whole solve is one jitted ``lax.while_loop`` over epochs.
+
+Each epoch runs ``steps_per_epoch`` steps of ``estimate -> optax update`` (an inner
+``while_loop``), then evaluates the exact objective, the full-gradient norm and the
+reports, records them in preallocated history arrays, and checks the stopping rules.
+Hyperparameters (step size, momentum, consts, data) are traced arguments, so changing
+them does not recompile; only shapes and the program's structure are static.
+
+Safety: a step that produces a NaN/inf parameter is not taken; an epoch whose
+objective is not finite is rolled back to the last recorded parameters.  Both stop the
+solve with ``Status.DIVERGED``.
+
+Wall time and progress come from the host through ``io_callback`` once per epoch.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from typing import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.experimental import io_callback
+
+from vrlang.backend.constraints import constrain
+from vrlang.estimators.base import AbstractGradientEstimator, CompiledObjective
+from vrlang.solvers.spec import make_optimizer
+from vrlang.solvers.status import Status
+
+# host-side progress handlers, keyed by a per-solve token (I/O only, never read by traced code)
+_HANDLERS: dict[int, Callable] = {}
+_TOKENS = itertools.count(1)
+
+
+class _Clock:
+    def __init__(self, on_epoch: Callable | None):
+        self.start = time.perf_counter()
+        self.on_epoch = on_epoch
+
+    def __call__(self, epoch, obj, gnorm):
+        t = time.perf_counter() - self.start
+        if self.on_epoch is not None:
+            self.on_epoch(int(epoch), float(obj), float(gnorm), t)
+        return np.float32(t)
+
+
+def _host_tick(token, epoch, obj, gnorm):
+    return _HANDLERS[int(token)](epoch, obj, gnorm)
+
+
+class SolveProblem(eqx.Module):
+    """What the loop needs: an estimator, the exact objective, reports, constraints."""
+
+    estimator: AbstractGradientEstimator
+    exact: CompiledObjective
+    reports: CompiledObjective | None
+    constraints: tuple = eqx.field(static=True)  # ((name, kind, bounds), ...)
+    sign: float = eqx.field(static=True, default=1.0)  # +1 minimize, -1 maximize
+
+    def to_params(self, u):
+        kinds = {n: (k, b) for n, k, b in self.constraints}
+        return {n: constrain(*kinds.get(n, (None, None)), v) for n, v in u.items()}
+
+    def solver_objective(self, u):
+        return self.sign * self.exact.value(self.to_params(u))
+
+
+def _finite(tree) -> jax.Array:
+    leaves = jax.tree_util.tree_leaves(tree)
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])) if leaves else jnp.array(True)
+
+
+def _select(pred, a, b):
+    return jax.tree_util.tree_map(lambda x, y: jnp.where(pred, x, y), a, b)
+
+
+def run(problem: SolveProblem, u0: dict, key, lr, hyper: dict, limits: dict, *, solver: str, memory: int,
+        capacity: int, on_epoch: Callable | None = None) -> dict:
+    """Run a solve; returns final unconstrained params, status and history (numpy)."""
+    token = next(_TOKENS)
+    _HANDLERS[token] = _Clock(on_epoch)
+    try:
+        out = _solve(problem, u0, key, jnp.asarray(lr, jnp.result_type(float)), hyper, limits,
+                     jnp.asarray(token, jnp.int32), solver, memory, capacity)
+        out = jax.device_get(out)
+    finally:
+        _HANDLERS.pop(token, None)
+    return out
+
+
+TRACE_COUNT = [0]  # incremented each time the solve is traced (tests: no second compile)
+
+
+@eqx.filter_jit
+def _solve(problem, u0, key, lr, hyper, limits, token, solver, memory, capacity):
+    TRACE_COUNT[0] += 1
+    fdt = jnp.result_type(float)
+    opt = make_optimizer(solver, lr, hyper, memory)
+    est = problem.estimator
+    spe = est.steps_per_epoch
+    n_rep = len(problem.reports.fn.names) if problem.reports is not None else 0
+
+    def grad_u(u, grads_p):
+        _, vjp = jax.vjp(problem.to_params, u)
+        (g,) = vjp(grads_p)
+        return jax.tree_util.tree_map(lambda x: problem.sign * x, g)
+
+    def measure(u):
+        obj, g = jax.value_and_grad(problem.solver_objective)(u)
+        gnorm = optax.global_norm(g)
+        reps = problem.reports.value(problem.to_params(u)) if n_rep else jnp.zeros((0,), fdt)
+        return problem.sign * obj, gnorm, reps
+
+    def step(c):
+        j, u, opt_state, est_state, key, steps, evals, ok = c
+        key, k = jax.random.split(key)
+        grads_p, est_state2 = est.estimate(problem.to_params(u), est_state, k)
+        g = grad_u(u, grads_p)
+        if solver == "lbfgs":
+            value = problem.solver_objective(u)
+            updates, opt_state2 = opt.update(g, opt_state, u, value=value, grad=g, value_fn=problem.solver_objective)
+        else:
+            updates, opt_state2 = opt.update(g, opt_state, u)
+        u2 = optax.apply_updates(u, updates)
+        good = _finite(u2) & _finite(g)
+        u = _select(good, u2, u)
+        opt_state = _select(good, opt_state2, opt_state)
+        est_state = _select(good, est_state2, est_state)
+        return (j + 1, u, opt_state, est_state, key, steps + 1, evals + est.evals_per_step, good)
+
+    def epoch_body(c):
+        u, opt_state, est_state, key, epoch, steps, evals, status, hist, nrec, last_u = c
+        inner = (jnp.int32(0), u, opt_state, est_state, key, steps, evals, jnp.array(True))
+        inner = jax.lax.while_loop(
+            lambda s: (s[0] < spe) & (s[5] < limits["steps"]) & s[7], step, inner)
+        _, u, opt_state, est_state, key, steps, evals, ok = inner
+        epoch = epoch + 1
+        obj, gnorm, reps = measure(u)
+        t = io_callback(_host_tick, jax.ShapeDtypeStruct((), jnp.float32), token, epoch, obj, gnorm)
+        finite = jnp.isfinite(obj) & jnp.isfinite(gnorm) & _finite(reps)
+        u = _select(finite, u, last_u)
+        rec = jnp.concatenate([jnp.stack([obj, gnorm, evals, t.astype(fdt)]).astype(fdt), reps.astype(fdt)])
+        hist = jnp.where(finite, hist.at[nrec].set(rec), hist)
+        nrec = nrec + finite.astype(jnp.int32)
+        status = jnp.select(
+            [~ok | ~finite, gnorm <= limits["tol"], (epoch >= limits["epochs"]) | (steps >= limits["steps"])
+             | (nrec >= capacity), t >= limits["time"]],
+            [Status.DIVERGED, Status.CONVERGED, Status.MAX_ITERATIONS, Status.TIME_LIMIT], Status.RUNNING)
+        return (u, opt_state, est_state, key, epoch, steps, evals, status.astype(jnp.int32), hist, nrec, u)
+
+    key, k0 = jax.random.split(key)
+    est_state = est.init(problem.to_params(u0), k0)
+    opt_state = opt.init(u0)
+    obj0, gnorm0, reps0 = measure(u0)
+    t0 = io_callback(_host_tick, jax.ShapeDtypeStruct((), jnp.float32), token, 0, obj0, gnorm0)
+    hist = jnp.full((capacity, 4 + n_rep), jnp.nan, fdt)
+    hist = hist.at[0].set(jnp.concatenate([jnp.stack([obj0, gnorm0, jnp.zeros((), fdt), t0.astype(fdt)]).astype(fdt),
+                                           reps0.astype(fdt)]))
+    finite0 = jnp.isfinite(obj0) & jnp.isfinite(gnorm0)
+    status0 = jnp.where(~finite0, Status.DIVERGED, jnp.where(gnorm0 <= limits["tol"], Status.CONVERGED,
+                                                             Status.RUNNING)).astype(jnp.int32)
+    carry = (u0, opt_state, est_state, key, jnp.int32(0), jnp.int32(0), jnp.zeros((), fdt), status0, hist,
+             jnp.int32(1), u0)
+    carry = jax.lax.while_loop(lambda c: c[7] == Status.RUNNING, epoch_body, carry)
+    u, _, _, _, epoch, steps, evals, status, hist, nrec, _ = carry
+    return {"u": u, "status": status, "epochs": epoch, "steps": steps, "history": hist, "records": nrec}
