@@ -329,6 +329,8 @@ class Checker:
             raise VrTypeError("E264", f"unknown name `{e.id}`", e.span,
                               _suggest(e.id, visible) or "declare it with data, const, param or let")
         kind, payload = entry[0], entry[1]
+        if kind == "dim":
+            return N.Lit(INT, payload, span=e.span) if isinstance(payload, int) else N.Ref(INT, "dim", payload, span=e.span)
         if kind in ("data", "const", "param"):
             return N.Ref(payload, kind, e.id, span=e.span)
         if kind in ("let", "alias", "var"):
@@ -439,6 +441,8 @@ class Checker:
                 static["size"] = int(size.value)
             elif isinstance(size, ast.Name) and size.id in self.symbols and self.scope.lookup(size.id) is None:
                 static["size"] = size.id
+            elif isinstance(size, ast.Name) and (self.scope.lookup(size.id) or ("",))[0] == "dim":
+                static["size"] = self.scope.lookup(size.id)[1]
         if e.kwargs:
             raise VrTypeError("E275", f"`{e.func}` takes no keyword arguments", e.kwargs[0].span)
         args = [self.expr(a) for a in e.args]
@@ -495,6 +499,9 @@ class Checker:
             if p.type is not None:
                 self._match(d.name, p.name, VType(p.type.base, tuple(p.type.dims)), v, g, bound)
             frame[p.name] = ("alias", v)
+        for sym, dim in bound.items():  # def-local shape symbols usable in the body (one_hot(k, K), ranges)
+            if sym not in self.symbols and self.scope.lookup(sym) is None:
+                frame[sym] = ("dim", dim)
         if self.def_depth > MAX_DEF_DEPTH:
             raise VrTypeError("E279", "definitions nest too deeply", e.span)
         # a def sees the globals and its arguments only (no binder variables of the caller)
@@ -573,6 +580,8 @@ class Checker:
             return int(e.value)
         if isinstance(e, ast.Name) and e.id in self.symbols and self.scope.lookup(e.id) is None:
             return e.id
+        if isinstance(e, ast.Name) and (self.scope.lookup(e.id) or ("",))[0] == "dim":
+            return self.scope.lookup(e.id)[1]
         if isinstance(e, ast.Name) and self.scope.lookup(e.id) and self.scope.lookup(e.id)[0] == "const":
             c = self.consts[e.id]
             if c.type.base == "int" and c.type.rank == 0:

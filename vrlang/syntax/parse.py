@@ -246,6 +246,9 @@ class _ToAst(Transformer):
     def sub_all(self, meta, ch):
         return ast.SliceAll(span=self.sp(ch[0]))
 
+    def paren(self, ch):
+        return ch[1]
+
     @v_args(meta=True)
     def vector(self, meta, ch):
         return ast.Vector(tuple(_nontok(ch)), span=self.sp(meta))
