@@ -29,10 +29,11 @@ class Span:
         where = f"{self.file or '<source>'}:{self.line}:{self.column}"
         if self.source is None:
             return f"  --> {where}"
-        lines = self.source.splitlines()
+        lines = self.source.split("\n")  # as the parser counts lines (splitlines also breaks at \f, \r, ...)
         if not (1 <= self.line <= len(lines)):
             return f"  --> {where}"
-        text = lines[self.line - 1].rstrip("\n").expandtabs(1)
+        text = lines[self.line - 1].rstrip("\r").expandtabs(1)
+        text = "".join(c if c.isprintable() else " " for c in text)  # one column per character, no line breaks
         start = max(self.column - 1, 0)
         if self.end_line == self.line and self.end_column > self.column:
             width = self.end_column - self.column

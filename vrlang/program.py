@@ -27,7 +27,10 @@ from vrlang.check.checker import check
 from vrlang.check.program import CheckedProgram
 from vrlang.errors import VrDataError, VrError, VrEstimatorError, VrTypeError, VrWarning
 from vrlang.estimators.base import CompiledObjective
-from vrlang.estimators.finite_sum import FullGradient, MinibatchGradient, SVRGGradient
+from vrlang.estimators.finite_sum import (FullGradient, LSVRGGradient, MinibatchGradient, PAGEGradient,
+                                          SAGAGradient, SARAHGradient, SPIDERGradient, STORMGradient,
+                                          SVRGGradient)
+from vrlang.estimators.sampling import FixedIndexSampler, UniformSampler
 from vrlang.estimators.spec import Spec, to_spec
 from vrlang.ir import nodes as N
 from vrlang.solvers import loop
@@ -151,11 +154,32 @@ class Program:
         eff = {**sizes, **{b: v for b, v in eff.items() if b in sizes}}
         sampled_evals = max(1, _count(root, eff, {}))
         reports = _ReportFn(cp.reports.keys(), cp.reports.values(), dims, interp) if cp.reports else None
+        # SPIDER's restart: each sampled sum with a `large_batch` drawn at that size, the others exact
+        large = {b: UniformSampler(c.options["large_batch"]) for b, c in self.choices.items()
+                 if c.sampler is not None and c.options.get("large_batch")}
+        large_objective, large_evals = None, None
+        if large:
+            def large_objective(params, data, consts, key):
+                return interp(root, Env(params, data, consts, dims, key, large))
+
+            large_evals = max(1, _count(root, {**sizes, **{b: s.batch for b, s in large.items()}}, {}))
+        # SAGA's per-item functions: the (single) sampled sum's minibatch fixed to given indices
+        objective_at = None
+        if len(samplers) == 1:
+            (sb,) = samplers
+
+            def objective_at(params, data, consts, idx):
+                env = Env(params, data, consts, dims, jax.random.PRNGKey(0), {sb: FixedIndexSampler(idx)})
+                return interp(root, env)
+
+        node_sizes = {b: {_size(nd.hi, dims) - _size(nd.lo, dims) for nd in info.nodes}
+                      for b, info in cp.binders.items() if info.kind == "index"}
         return {"objective": objective, "reports": reports, "exact_evals": exact_evals,
-                "sampled_evals": sampled_evals, "sizes": sizes}
+                "sampled_evals": sampled_evals, "sizes": sizes, "large_objective": large_objective,
+                "large_evals": large_evals, "objective_at": objective_at, "node_sizes": node_sizes}
 
     def _objective_module(self, fns, jdata, jconsts) -> CompiledObjective:
-        return CompiledObjective(jdata, jconsts, fns["objective"], fns["exact_evals"])
+        return CompiledObjective(jdata, jconsts, fns["objective"], fns["exact_evals"], fns.get("objective_at"))
 
     def _estimator(self, fns, obj: CompiledObjective):
         families = {c.family for c in self.choices.values() if c.kind == "index"} - {"full"}
@@ -169,9 +193,60 @@ class Program:
             m = c.options.get("epoch") or spe
             evals = 2.0 * fns["sampled_evals"] + fns["exact_evals"] / m
             return SVRGGradient(obj, m, evals, m)
+        if len(families) == 1 and families <= _VR_FAMILIES:
+            return self._vr_estimator(next(iter(families)), fns, obj)
         names = ", ".join(f"{c.spec.name} on `{b}`" for b, c in self.choices.items() if c.family != "full")
         raise VrEstimatorError("E393", f"combining {names} is not supported yet in this version", None,
                                "use one variance-reduction method for all sampled sums, or sgd for all")
+
+    def _vr_estimator(self, family: str, fns, obj: CompiledObjective):
+        """L-SVRG, SAGA, SARAH, SPIDER, PAGE, STORM: resolve the size-dependent defaults and build."""
+        chosen = {b: c for b, c in self.choices.items() if c.family == family}
+        s, n_all = fns["sampled_evals"], fns["exact_evals"]
+        spe = max(1, math.ceil(n_all / s))
+        fdt = self.float_dtype
+
+        def option(key):
+            vals = {c.options.get(key) for c in chosen.values()}
+            if len(vals) > 1:
+                raise VrEstimatorError("E393", f"`{key}` of `{family}` differs between the binders "
+                                       f"{', '.join(f'`{b}`' for b in chosen)}", None,
+                                       f"give every binder estimated by {family} the same `{key}`")
+            return vals.pop()
+
+        if family == "lsvrg":
+            p = option("p") or 1.0 / spe
+            return LSVRGGradient(obj, jnp.asarray(p, fdt), s, n_all, spe)
+        if family == "saga":
+            sampled = [b for b, c in self.choices.items() if c.sampler is not None]
+            if len(sampled) != 1 or obj.fn_at is None:
+                raise VrEstimatorError("E394", "saga with more than one sampled sum is not supported yet "
+                                       f"(sampled: {', '.join(f'`{b}`' for b in sampled)})", None,
+                                       "estimate one binder by saga and the others by full, or use svrg/lsvrg")
+            (b,) = sampled
+            if len(fns["node_sizes"][b]) != 1:
+                raise VrEstimatorError("E394", f"saga on `{b}`: its sums have different sizes "
+                                       f"{sorted(fns['node_sizes'][b])}; not supported yet", None,
+                                       "use svrg or lsvrg")
+            (n,) = fns["node_sizes"][b]
+            return SAGAGradient(obj, n, self.choices[b].sampler.batch, float(s), spe)
+        if family == "sarah":
+            m = option("epoch") or spe
+            return SARAHGradient(obj, m, (2.0 * s * (m - 1) + n_all) / m, m)
+        if family == "spider":
+            large = None
+            restart = n_all
+            if fns["large_objective"] is not None:
+                large = CompiledObjective(obj.data, obj.consts, fns["large_objective"], fns["large_evals"])
+                restart = fns["large_evals"]
+            q = option("period") or max(1, math.ceil(restart / s))
+            return SPIDERGradient(obj, large, q, (2.0 * s * (q - 1) + restart) / q, spe)
+        if family == "page":
+            p = option("p") or s / (s + n_all)
+            return PAGEGradient(obj, jnp.asarray(p, fdt), s, n_all, spe)
+        if family == "storm":
+            return STORMGradient(obj, jnp.asarray(option("a"), fdt), 2.0 * s, spe)
+        raise AssertionError(family)  # pragma: no cover
 
     # ---- public API
     def gradient_estimator(self, data: Mapping | None = None, consts: Mapping | None = None):
@@ -275,6 +350,9 @@ class Program:
     def explain(self, stage: str | None = None) -> str:
         from vrlang.explain import explain
         return explain(self, stage)
+
+
+_VR_FAMILIES = frozenset({"lsvrg", "saga", "sarah", "spider", "page", "storm"})
 
 
 class _KeyedEstimator:
@@ -381,17 +459,21 @@ def _merge_consts(cp: CheckedProgram, base: dict, overrides: Mapping | None) -> 
     for k, v in (overrides or {}).items():
         decl = cp.consts.get(k)
         if decl is None:
-            raise VrTypeError("E290", f"`{k}` is not a const of this program", None,
+            raise VrTypeError("E292", f"`{k}` is not a const of this program", None,
                               "consts: " + (", ".join(cp.consts) or "none"))
         try:
             a = np.asarray(v, dtype=np.float64)
         except (TypeError, ValueError):
-            raise VrTypeError("E291", f"const `{k}` must be a number or an array of numbers, got {v!r}") from None
+            raise VrTypeError("E293", f"const `{k}` must be a number or an array of numbers, got {v!r}") from None
         want = tuple(decl.type.shape)
         if a.shape != want:
-            raise VrTypeError("E291", f"const `{k}` is {decl.type}, the value given has shape {a.shape}", decl.span)
+            raise VrTypeError("E293", f"const `{k}` is {decl.type}, the value given has shape {a.shape}", decl.span)
         if decl.type.base == "int" and not np.all(a == np.round(a)):
-            raise VrTypeError("E291", f"const `{k}` is int, got {v!r}", decl.span)
+            raise VrTypeError("E293", f"const `{k}` is int, got {v!r}", decl.span)
+        if decl.baked_at is not None and not np.array_equal(a, decl.value):
+            raise VrTypeError("E293", f"const `{k}` cannot be overridden: it is used at line {decl.baked_at.line} as a "
+                              "range end, box bound, initial value or in another const, which are fixed when the "
+                              "program is compiled", decl.span, "edit the program instead of overriding this const")
         out[k] = a
     return out
 
@@ -403,9 +485,14 @@ def _read_source(src: str | os.PathLike) -> tuple[str, str | None]:
         p = Path(src.strip())
     else:
         return str(src), None
-    if not p.is_file():
-        raise VrDataError("E400", f"no such program file: {p}")
-    return p.read_text(), str(p)
+    try:
+        if not p.is_file():
+            raise VrDataError("E400", f"no such program file: {p}")
+        return p.read_text(), str(p)
+    except UnicodeDecodeError:
+        raise VrDataError("E400", f"cannot read the program file {p}: it is not UTF-8 text") from None
+    except OSError as err:  # e.g. a name too long for the file system, or no permission
+        raise VrDataError("E400", f"cannot read the program file {p}: {err.strerror or err}") from None
 
 
 def front_end(src: str | os.PathLike):

@@ -107,7 +107,7 @@ class Interpreter:
         out = jnp.asarray(fn(*[self.eval(a, env) for a in node.args]))
         want = tuple(env.dim(d) for d in node.type.shape)
         if out.shape != want:
-            raise VrDataError("E410", f"extern `{node.name}` returned shape {out.shape}, declared {want}", node.span)
+            raise VrDataError("E413", f"extern `{node.name}` returned shape {out.shape}, declared {want}", node.span)
         return out
 
     def ev_sum(self, node: N.Sum, env: Env):

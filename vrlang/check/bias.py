@@ -40,7 +40,12 @@ def analyse(root: N.Node, sampled: set[str], where: str = "the objective") -> li
     memo: dict = {}
     warnings: dict[str, VrWarning] = {}
 
+    visited: set[int] = set()
+
     def visit(node: N.Node):
+        if id(node) in visited:  # a shared `let` is visited once (else the walk is exponential in the lets)
+            return
+        visited.add(id(node))
         here = _sampled_in(node, sampled, memo)
         if not here:
             return

@@ -10,6 +10,7 @@ of a mismatch in the message.
 from __future__ import annotations
 
 import difflib
+import math
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,16 @@ BINDER_OPS = {"sum": "index", "mean": "index", "E": "random", "argmin": "decisio
 ARITH = {"+": "add", "-": "sub", "*": "mul", "/": "div", "^": "pow"}
 COMPARE = {"==": "eq", "!=": "ne", "<": "lt", "<=": "le", ">": "gt", ">=": "ge"}
 MAX_DEF_DEPTH = 64
+MAX_CONST_SIZE = 10**7  # entries of a const array (larger arrays are data)
+
+
+def _span_text(span: Span | None) -> str:
+    """The source text of a one-line span (for messages), else a generic word."""
+    if span is not None and span.source is not None and span.line == span.end_line:
+        lines = span.source.splitlines()
+        if 1 <= span.line <= len(lines):
+            return lines[span.line - 1][span.column - 1:span.end_column - 1] or "expression"
+    return "expression"
 
 
 def _suggest(name: str, candidates) -> str | None:
@@ -111,8 +122,9 @@ class Checker:
             else:
                 self.statement(st)
         if objective_stmt is None:
-            end = self.source.count("\n") + 1
-            raise VrTypeError("E232", "the program has no objective", Span(end, 1, end, 2, self.source, self.file),
+            lines = self.source.rstrip("\r\n").split("\n")  # point just after the last line of the program
+            end, col = len(lines), len(lines[-1]) + 1
+            raise VrTypeError("E232", "the program has no objective", Span(end, col, end, col + 1, self.source, self.file),
                               "add `minimize EXPR` or `maximize EXPR`")
         for st in estimates:
             self.estimate(st)
@@ -142,15 +154,20 @@ class Checker:
                                   _suggest(st.module, avail) or f"available: {', '.join(avail)}")
         else:
             base = Path(self.file).parent if self.file and not self.file.startswith("<") else Path.cwd()
-            path = (base / st.path).resolve()
+            path = base / st.path
             shown = st.path
-            if not path.is_file():
+            if not path.is_file():  # (also False for a path that the OS refuses, e.g. with a NUL byte)
                 raise VrTypeError("E241", f"cannot find the file `{st.path}` (looked in {base})", st.span)
+            path = path.resolve()
         key = str(path.resolve())
         if key in self.imported:
             return
         self.imported.add(key)
-        text = path.read_text()
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError) as err:
+            why = "it is not UTF-8 text" if isinstance(err, UnicodeDecodeError) else (err.strerror or str(err))
+            raise VrTypeError("E241", f"cannot read `{shown}`: {why}", st.span) from None
         lib = parse_program(text, str(path) if st.module is None else f"<{shown}>")
         outer = (self.source, self.file)
         self.source, self.file = text, lib.file
@@ -187,6 +204,10 @@ class Checker:
             if value.shape != want and broadcast(value.shape, want) != want:
                 raise VrTypeError("E206", f"const `{st.name}` is declared {t} but its value has shape {shape_str(value.shape)}",
                                   st.value.span)
+            if math.prod(want) > MAX_CONST_SIZE:
+                raise VrTypeError("E206", f"const `{st.name}` would have {math.prod(want)} entries; a const is a small "
+                                  f"compile-time value (at most {MAX_CONST_SIZE})", st.type.span,
+                                  "declare large arrays with `data`")
             value = np.broadcast_to(value, want).copy()
         self.declare(st.name, ("const", t), st.span)
         self.consts[st.name] = ConstDecl(st.name, t, value.astype(np.float64 if t.base == "real" else value.dtype), st.span)
@@ -200,9 +221,15 @@ class Checker:
         c = st.constraint
         if c is not None:
             if c.kind == "box":
-                lo, hi = float(self.const_value(c.lo)), float(self.const_value(c.hi))
+                lo, hi = self.const_value(c.lo), self.const_value(c.hi)
+                for v, sub in ((lo, c.lo), (hi, c.hi)):
+                    if v.ndim != 0:
+                        raise VrTypeError("E208", f"the bounds of a box must be scalars, got {shape_str(v.shape)}",
+                                          sub.span, "write the box as [lo, hi] with two numbers")
+                lo, hi = float(lo), float(hi)
                 if not lo < hi:
-                    raise VrTypeError("E208", f"empty box [{lo}, {hi}]: the lower bound must be below the upper", c.span)
+                    raise VrTypeError("E208", f"empty box [{lo:g}, {hi:g}]: the lower bound must be below the upper",
+                                      c.span)
                 kind, bounds = "box", (lo, hi)
             elif c.kind in CONSTRAINTS:
                 kind = c.kind
@@ -252,7 +279,8 @@ class Checker:
         node = self.expr(st.expr)
         if node.type.rank != 0 or node.type.base == "bool":
             raise VrTypeError("E233", f"the objective must be a real scalar, got {node.type}", st.expr.span,
-                              "reduce it, e.g. with sum(...) or mean(...)" if node.type.rank else None)
+                              "reduce it, e.g. with sum(...) or mean(...)" if node.type.rank else
+                              "a comparison is not a number: use where(cond, 1, 0) to turn it into one")
         self.objective = node
 
     def stmt_report(self, st: ast.Report):
@@ -283,7 +311,9 @@ class Checker:
         if isinstance(e, ast.Name):
             entry = self.scope.lookup(e.id)
             if entry is not None and entry[0] == "const":
-                return np.asarray(self.consts[e.id].value)
+                decl = self.consts[e.id]
+                decl.baked_at = decl.baked_at or e.span
+                return np.asarray(decl.value)
             raise VrTypeError("E260", f"`{e.id}` is not a constant", e.span,
                               "initial values and bounds must be numbers or consts")
         if isinstance(e, ast.Unary) and e.op in "+-":
@@ -407,15 +437,16 @@ class Checker:
             out_shape.extend(idx.type.shape)
             items.append(idx)
             dim = base.type.shape[axis]
-            if isinstance(idx, N.Ref) and idx.kind == "var" and isinstance(base, N.Ref):
+            if isinstance(idx, N.Ref) and idx.kind == "var":  # any indexed value: JAX would clamp silently
                 rng = self.var_ranges.get(idx.name) if hasattr(self, "var_ranges") else None
                 if rng is not None:
                     lo, hi = rng
+                    array = base.name if isinstance(base, N.Ref) else _span_text(e.base.span)
                     if isinstance(hi, int) and isinstance(dim, int) and hi > dim:
                         raise VrTypeError("E272", f"index `{idx.name}` runs up to {hi} but axis {axis} of "
-                                          f"`{base.name}` has size {dim}", sub.span)
+                                          f"`{array}` has size {dim}", sub.span)
                     if hi != dim:
-                        self.bound_checks.append(BoundCheck(idx.name, hi, base.name, axis, dim, sub.span))
+                        self.bound_checks.append(BoundCheck(idx.name, hi, array, axis, dim, sub.span))
         out_shape.extend(base.type.shape[len(e.indices):])
         return N.Index(VType(base.type.base, tuple(out_shape)), base, tuple(items), span=e.span)
 
@@ -463,7 +494,8 @@ class Checker:
         given = list(e.args) + [None] * (len(params) - len(e.args))
         if len(e.args) > len(params):
             raise VrTypeError("E213", f"`{fname}` takes {len(params)} argument{'s' if len(params) != 1 else ''}, "
-                              f"got {len(e.args) + len(e.kwargs)}", e.span)
+                              f"got {len(e.args) + len(e.kwargs)}", e.span,
+                              f"it is declared as {fname}({', '.join(p.name for p in params)})")
         for k in e.kwargs:
             pos = [p.name for p in params].index(k.name)
             if given[pos] is not None:
@@ -472,7 +504,8 @@ class Checker:
         missing = [p.name for p, g in zip(params, given) if g is None]
         if missing:
             raise VrTypeError("E213", f"`{fname}` is missing argument{'s' if len(missing) > 1 else ''} "
-                              f"{', '.join(missing)}", e.span)
+                              f"{', '.join(missing)}", e.span,
+                              f"it is declared as {fname}({', '.join(p.name for p in params)})")
         return given
 
     def _match(self, fname, pname, want: VType, got: N.Node, sub: ast.Expr, bound: dict):
@@ -500,7 +533,7 @@ class Checker:
                 self._match(d.name, p.name, VType(p.type.base, tuple(p.type.dims)), v, g, bound)
             frame[p.name] = ("alias", v)
         for sym, dim in bound.items():  # def-local shape symbols usable in the body (one_hot(k, K), ranges)
-            if sym not in self.symbols and self.scope.lookup(sym) is None:
+            if sym not in self.scope.frames[0] and sym not in frame:  # shadows a data symbol of the same name
                 frame[sym] = ("dim", dim)
         if self.def_depth > MAX_DEF_DEPTH:
             raise VrTypeError("E279", "definitions nest too deeply", e.span)
@@ -541,7 +574,8 @@ class Checker:
             self.binders[name] = info = BinderInfo(name, kind, op, span)
         elif prev_span is not None and span is not None and (prev_span.line, prev_span.column, prev_span.file) != (span.line, span.column, span.file):
             raise VrTypeError("E280", f"binder name `{name}` is used twice", span,
-                              f"binder names are handles for `estimate`; the first `{name}` is at line {prev_span.line}")
+                              f"binder names are handles for `estimate`; the first `{name}` is at line "
+                              f"{prev_span.line}, column {prev_span.column}: rename one of them")
         info.nodes.append(node)
 
     def ex_binderexpr(self, e: ast.BinderExpr):
@@ -585,6 +619,7 @@ class Checker:
         if isinstance(e, ast.Name) and self.scope.lookup(e.id) and self.scope.lookup(e.id)[0] == "const":
             c = self.consts[e.id]
             if c.type.base == "int" and c.type.rank == 0:
+                c.baked_at = c.baked_at or e.span
                 return int(c.value)
         raise VrTypeError("E284", f"the {what} of a range must be an integer literal or a shape symbol", e.span,
                           "write e.g. `i in 0..n` where n is a dimension of some data")
@@ -651,3 +686,6 @@ def check(prog: ast.Program) -> CheckedProgram:
         return Checker(prog.source, prog.file).run(prog)
     except VrError as e:
         raise e.with_source(prog.source, prog.file)
+    except RecursionError:
+        raise VrSyntaxError("E104", "expression nested too deeply", None,
+                            "split the expression with `let` or `def`") from None

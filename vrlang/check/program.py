@@ -27,6 +27,7 @@ class ConstDecl:
     type: VType
     value: np.ndarray
     span: Span | None
+    baked_at: Span | None = None  # first use fixed at compile time (range end, box bound, initial value)
 
 
 @dataclass

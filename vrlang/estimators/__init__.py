@@ -1,8 +1,11 @@
 """Runtime gradient estimators (equinox Modules), usable without the DSL."""
 
 from vrlang.estimators.base import AbstractGradientEstimator, CompiledObjective
-from vrlang.estimators.finite_sum import FullGradient, MinibatchGradient, SVRGGradient
-from vrlang.estimators.sampling import UniformSampler
+from vrlang.estimators.finite_sum import (FullGradient, LSVRGGradient, MinibatchGradient, PAGEGradient,
+                                          SAGAGradient, SARAHGradient, SPIDERGradient, STORMGradient,
+                                          SVRGGradient)
+from vrlang.estimators.sampling import FixedIndexSampler, UniformSampler
 
-__all__ = ["AbstractGradientEstimator", "CompiledObjective", "FullGradient", "MinibatchGradient",
-           "SVRGGradient", "UniformSampler"]
+__all__ = ["AbstractGradientEstimator", "CompiledObjective", "FixedIndexSampler", "FullGradient",
+           "LSVRGGradient", "MinibatchGradient", "PAGEGradient", "SAGAGradient", "SARAHGradient",
+           "SPIDERGradient", "STORMGradient", "SVRGGradient", "UniformSampler"]

@@ -33,12 +33,22 @@ class CompiledObjective(eqx.Module):
     consts: dict
     fn: Callable = eqx.field(static=True)
     components: int = eqx.field(static=True, default=1)  # component gradients of one exact evaluation
+    # optional ``fn_at(params, data, consts, idx)``: the objective with the (single) sampled
+    # sum's minibatch fixed to the indices ``idx`` (shape ``(b,)``), reweighted ``n / b``
+    # (:class:`vrlang.estimators.sampling.FixedIndexSampler`); SAGA needs it.
+    fn_at: Callable | None = eqx.field(static=True, default=None)
 
     def value(self, params):
         return self.fn(params, self.data, self.consts, None)
 
     def sample(self, params, key):
         return self.fn(params, self.data, self.consts, key)
+
+    def at(self, params, idx):
+        """``F(w; {idx})``; with one index ``j``, the per-item function ``h_j`` with ``mean_j h_j = f``."""
+        if self.fn_at is None:
+            raise ValueError("this CompiledObjective has no fixed-index form (fn_at)")
+        return self.fn_at(params, self.data, self.consts, idx)
 
 
 class AbstractGradientEstimator(eqx.Module):

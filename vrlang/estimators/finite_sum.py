@@ -13,6 +13,21 @@ program whose sampled sums enter the objective linearly.
   "Accelerating stochastic gradient descent using predictive variance reduction",
   NeurIPS 2013).  Unbiased: the two sampled terms share :math:`\\xi` and have equal
   means up to the control variate's exact mean :math:`\\nabla f(\\tilde w)`.
+* :class:`LSVRGGradient` -- loopless SVRG: the same estimate, the snapshot refreshed with
+  probability ``p`` after each step (Kovalev, Horvath & Richtarik, ALT 2020).  Unbiased.
+* :class:`SAGAGradient` -- a table of the last per-item gradients as control variate
+  (Defazio, Bach & Lacoste-Julien, NeurIPS 2014).  Unbiased.
+* :class:`SARAHGradient`, :class:`SPIDERGradient`, :class:`PAGEGradient` -- recursive
+  estimators :math:`v_t = \\nabla F(w_t;\\xi_t) - \\nabla F(w_{t-1};\\xi_t) + v_{t-1}`,
+  restarted from a (large-batch or full) gradient (Nguyen et al. 2017; Fang et al. 2018;
+  Li et al. 2021).  Biased given the past (only the restart is unbiased).
+* :class:`STORMGradient` -- momentum-based recursive estimator (Cutkosky & Orabona 2019).
+  Biased.
+
+Randomness: every estimator draws its minibatch from the key it is given (through the
+objective's samplers), and its coins (L-SVRG, PAGE) from a key split off it.  Numeric
+hyperparameters (``p``, ``a``) are array fields, hence traced; only integers that fix
+shapes or loop lengths (``epoch``, ``period``, ``batch``, ``n``) are static.
 """
 
 from __future__ import annotations
@@ -66,3 +81,276 @@ class SVRGGradient(AbstractGradientEstimator):
         gw, gs = g(params, key), g(state.snapshot, key)
         grads = jax.tree_util.tree_map(lambda a, b, c: a - b + c, gw, gs, state.full_grad)
         return grads, SVRGState(state.snapshot, state.full_grad, state.count + 1)
+
+
+def _grad_sample(objective: CompiledObjective):
+    return jax.grad(objective.sample)
+
+
+def _combine(f, *trees):
+    return jax.tree_util.tree_map(f, *trees)
+
+
+# ----------------------------------------------------------------------------- L-SVRG
+
+
+class LSVRGState(eqx.Module):
+    snapshot: dict
+    full_grad: dict
+
+
+class LSVRGGradient(AbstractGradientEstimator):
+    r"""Loopless SVRG (Kovalev, Horváth & Richtárik, "Don't jump through hoops and remove
+    those loops: SVRG and Katyusha are better without the outer loop", ALT 2020).
+
+    .. math::
+        g_t = \nabla F(w_t;\xi_t) - \nabla F(\tilde w_t;\xi_t) + \nabla f(\tilde w_t), \qquad
+        \tilde w_{t+1} = \begin{cases} w_t & \text{with probability } p \\
+                                       \tilde w_t & \text{otherwise.}\end{cases}
+
+    The coin is drawn from a key split off ``key`` and the refresh (one full gradient) runs
+    under ``lax.cond``.  Unbiased: :math:`E_\xi g_t = \nabla f(w_t)` for every snapshot.
+    ``p`` is traced (an array field); the amortised cost ``2 s + p N`` (``s`` component
+    gradients per minibatch, ``N`` per full gradient) is therefore a traced value too.
+    """
+
+    objective: CompiledObjective
+    p: jax.Array  # snapshot refresh probability per step
+    sampled_evals: int = eqx.field(static=True)
+    exact_evals: int = eqx.field(static=True)
+    steps_per_epoch: int = eqx.field(static=True)
+
+    @property
+    def evals_per_step(self):
+        return 2.0 * self.sampled_evals + self.p * self.exact_evals
+
+    def init(self, params, key):
+        return LSVRGState(params, jax.grad(self.objective.value)(params))
+
+    def estimate(self, params, state, key):
+        k_sample, k_coin = jax.random.split(key)
+        g = _grad_sample(self.objective)
+        gw, gs = g(params, k_sample), g(state.snapshot, k_sample)
+        grads = _combine(lambda a, b, c: a - b + c, gw, gs, state.full_grad)
+
+        def refresh(s):
+            return LSVRGState(params, jax.grad(self.objective.value)(params))
+
+        state = jax.lax.cond(jax.random.bernoulli(k_coin, self.p), refresh, lambda s: s, state)
+        return grads, state
+
+
+# ------------------------------------------------------------------------------- SAGA
+
+
+class SAGAState(eqx.Module):
+    table: dict  # name -> (n, *shape): the last gradient of each item's function h_j
+    mean: dict  # name -> shape: mean of the table over the n items
+
+
+class SAGAGradient(AbstractGradientEstimator):
+    r"""SAGA (Defazio, Bach & Lacoste-Julien, "SAGA: a fast incremental gradient method with
+    support for non-strongly convex composite objectives", NeurIPS 2014), minibatch form.
+
+    With the per-item functions :math:`h_j(w) = F(w; \{j\})` (the sampled sum's minibatch
+    fixed to the single item ``j``, reweighted by ``n``; ``objective.at``), which satisfy
+    :math:`\frac1n \sum_j h_j = f`, and a table :math:`T` of past per-item gradients:
+
+    .. math::
+        v_t = \frac1b \sum_{k=1}^b \big(\nabla h_{j_k}(w_t) - T[j_k]\big) + \frac1n \sum_{i=1}^n T[i],
+        \qquad T[j_k] \leftarrow \nabla h_{j_k}(w_t),
+
+    with :math:`j_1..j_b` uniform with replacement.  Unbiased for any table:
+    :math:`E_j[\nabla h_j(w) - T[j]] = \nabla f(w) - \frac1n\sum_i T[i]`.  Note that
+    :math:`\frac1b\sum_k \nabla h_{j_k}(w) = \nabla F(w;\xi)`, so the first term costs one
+    minibatch gradient (``b`` per-item gradients, vmapped).
+
+    Memory: the table holds ``n`` copies of the gradient (``O(n d)``); it is initialised
+    with the ``n`` per-item gradients at the initial params (``lax.map`` in chunks of
+    ``init_chunk``).  The table mean is updated incrementally (duplicates in a minibatch
+    counted once).  Requires exactly one sampled sum (of ``n`` items).
+    """
+
+    objective: CompiledObjective  # must provide ``at`` (fn_at)
+    n: int = eqx.field(static=True)
+    batch: int = eqx.field(static=True)
+    evals_per_step: float = eqx.field(static=True)
+    steps_per_epoch: int = eqx.field(static=True)
+    init_chunk: int = eqx.field(static=True, default=256)
+
+    def item_grad(self, params, j):
+        """:math:`\\nabla h_j(w)` for one item index ``j`` (a scalar int)."""
+        return jax.grad(self.objective.at)(params, jnp.reshape(j, (1,)))
+
+    def init(self, params, key):
+        if self.objective.fn_at is None:
+            raise ValueError("SAGAGradient needs an objective with a fixed-index form (fn_at)")
+        idx = jnp.arange(self.n, dtype=jnp.int32)
+        table = jax.lax.map(lambda j: self.item_grad(params, j), idx, batch_size=min(self.n, self.init_chunk))
+        return SAGAState(table, _combine(lambda t: jnp.mean(t, axis=0), table))
+
+    def estimate(self, params, state, key):
+        n, b = self.n, self.batch
+        idx = jax.random.randint(key, (b,), 0, n, dtype=jnp.int32)
+        new = jax.vmap(lambda j: self.item_grad(params, j))(idx)
+        old = _combine(lambda t: t[idx], state.table)
+        grads = _combine(lambda nw, od, m: jnp.mean(nw - od, axis=0) + m, new, old, state.mean)
+        # the incremental mean update counts each distinct index once
+        first = ~jnp.any(jnp.tril(idx[:, None] == idx[None, :], k=-1), axis=1)
+
+        def upd_mean(m, nw, od):
+            w = first.astype(nw.dtype).reshape((b,) + (1,) * (nw.ndim - 1))
+            return m + jnp.sum(w * (nw - od), axis=0) / n
+
+        mean = _combine(upd_mean, state.mean, new, old)
+        table = _combine(lambda t, nw: t.at[idx].set(nw), state.table, new)
+        return grads, SAGAState(table, mean)
+
+
+# ------------------------------------------------------------- recursive (SARAH family)
+
+
+class RecursiveState(eqx.Module):
+    prev: dict  # the point of the previous call
+    v: dict  # the previous estimate
+    count: jax.Array  # steps since the last restart (mod period), or a started flag
+
+
+def _recursive(objective, params, state, key):
+    """:math:`\\nabla F(w_t;\\xi) - \\nabla F(w_{t-1};\\xi) + v_{t-1}` (one shared minibatch)."""
+    g = _grad_sample(objective)
+    gw, gp = g(params, key), g(state.prev, key)
+    return _combine(lambda a, b, c: a - b + c, gw, gp, state.v)
+
+
+class SARAHGradient(AbstractGradientEstimator):
+    r"""SARAH (Nguyen, Liu, Scheinberg & Takáč, "SARAH: a novel method for machine learning
+    problems using stochastic recursive gradient", ICML 2017).
+
+    .. math::
+        v_t = \begin{cases} \nabla f(w_t) & t \equiv 0 \pmod m \\
+        \nabla F(w_t;\xi_t) - \nabla F(w_{t-1};\xi_t) + v_{t-1} & \text{otherwise.} \end{cases}
+
+    Biased: :math:`E[v_t \mid \text{past}] = \nabla f(w_t) - \nabla f(w_{t-1}) + v_{t-1}
+    \ne \nabla f(w_t)` in general; its variance shrinks with the step, hence "variance
+    reduced".  Cost per epoch of ``m`` steps: one full gradient and ``2 (m - 1)`` minibatches.
+    """
+
+    unbiased = False
+    objective: CompiledObjective
+    epoch: int = eqx.field(static=True)  # m: steps between full-gradient restarts
+    evals_per_step: float = eqx.field(static=True)
+    steps_per_epoch: int = eqx.field(static=True)
+
+    def init(self, params, key):
+        return RecursiveState(params, _combine(jnp.zeros_like, params), jnp.zeros((), jnp.int32))
+
+    def estimate(self, params, state, key):
+        v = jax.lax.cond(state.count == 0, lambda: jax.grad(self.objective.value)(params),
+                         lambda: _recursive(self.objective, params, state, key))
+        return v, RecursiveState(params, v, (state.count + 1) % self.epoch)
+
+
+class SPIDERGradient(AbstractGradientEstimator):
+    r"""SPIDER (Fang, Li, Lin & Zhang, "SPIDER: near-optimal non-convex optimization via
+    stochastic path-integrated differential estimator", NeurIPS 2018).
+
+    .. math::
+        v_t = \begin{cases} \nabla F_B(w_t;\zeta_t) & t \equiv 0 \pmod q \\
+        \nabla F(w_t;\xi_t) - \nabla F(w_{t-1};\xi_t) + v_{t-1} & \text{otherwise,} \end{cases}
+
+    where :math:`F_B` is the objective with each sampled sum replaced by a large minibatch
+    (``large``, a second :class:`CompiledObjective` whose samplers draw ``B`` items), or the
+    exact objective when ``large`` is ``None`` (then SPIDER is SARAH with period ``q``).
+    Only the estimator is provided; SPIDER-SFO's normalised step is the solver's business.
+    Biased (recursive).
+    """
+
+    unbiased = False
+    objective: CompiledObjective
+    large: CompiledObjective | None
+    period: int = eqx.field(static=True)  # q
+    evals_per_step: float = eqx.field(static=True)
+    steps_per_epoch: int = eqx.field(static=True)
+
+    def init(self, params, key):
+        return RecursiveState(params, _combine(jnp.zeros_like, params), jnp.zeros((), jnp.int32))
+
+    def estimate(self, params, state, key):
+        def restart():
+            if self.large is None:
+                return jax.grad(self.objective.value)(params)
+            return jax.grad(self.large.sample)(params, key)
+
+        v = jax.lax.cond(state.count == 0, restart, lambda: _recursive(self.objective, params, state, key))
+        return v, RecursiveState(params, v, (state.count + 1) % self.period)
+
+
+class PAGEGradient(AbstractGradientEstimator):
+    r"""PAGE (Li, Bao, Zhang & Richtárik, "PAGE: a simple and optimal probabilistic gradient
+    estimator for nonconvex optimization", ICML 2021).
+
+    .. math::
+        v_0 = \nabla f(w_0), \qquad v_t = \begin{cases} \nabla f(w_t) & \text{with probability } p \\
+        v_{t-1} + \nabla F(w_t;\xi_t) - \nabla F(w_{t-1};\xi_t) & \text{otherwise.} \end{cases}
+
+    The coin comes from a key split off ``key``; ``p`` is traced.  Biased (recursive).
+    Amortised cost ``p N + (1 - p) 2 s``; the paper's choice is ``p = b / (b + n)``.
+    """
+
+    unbiased = False
+    objective: CompiledObjective
+    p: jax.Array
+    sampled_evals: int = eqx.field(static=True)
+    exact_evals: int = eqx.field(static=True)
+    steps_per_epoch: int = eqx.field(static=True)
+
+    @property
+    def evals_per_step(self):
+        return self.p * self.exact_evals + (1.0 - self.p) * 2.0 * self.sampled_evals
+
+    def init(self, params, key):
+        return RecursiveState(params, _combine(jnp.zeros_like, params), jnp.zeros((), jnp.int32))
+
+    def estimate(self, params, state, key):
+        k_sample, k_coin = jax.random.split(key)
+        full = (state.count == 0) | jax.random.bernoulli(k_coin, self.p)
+        v = jax.lax.cond(full, lambda: jax.grad(self.objective.value)(params),
+                         lambda: _recursive(self.objective, params, state, k_sample))
+        return v, RecursiveState(params, v, jnp.ones((), jnp.int32))
+
+
+class STORMGradient(AbstractGradientEstimator):
+    r"""STORM (Cutkosky & Orabona, "Momentum-based variance reduction in non-convex SGD",
+    NeurIPS 2019), with a constant momentum parameter ``a``:
+
+    .. math::
+        d_0 = \nabla F(w_0;\xi_0), \qquad
+        d_t = \nabla F(w_t;\xi_t) + (1 - a)\,\big(d_{t-1} - \nabla F(w_{t-1};\xi_t)\big).
+
+    ``a = 1`` is plain SGD; ``a`` is traced.  Biased (recursive).  Two minibatch gradients
+    per step (one on the first).  The paper's adaptive schedule :math:`a_t = c\,\eta_t^2`
+    is not implemented.
+    """
+
+    unbiased = False
+    objective: CompiledObjective
+    a: jax.Array
+    evals_per_step: float = eqx.field(static=True)
+    steps_per_epoch: int = eqx.field(static=True)
+
+    def init(self, params, key):
+        return RecursiveState(params, _combine(jnp.zeros_like, params), jnp.zeros((), jnp.int32))
+
+    def estimate(self, params, state, key):
+        g = _grad_sample(self.objective)
+
+        def first():
+            return g(params, key)
+
+        def recurse():
+            gw, gp = g(params, key), g(state.prev, key)
+            return _combine(lambda x, y, d: x + (1.0 - self.a) * (d - y), gw, gp, state.v)
+
+        d = jax.lax.cond(state.count == 0, first, recurse)
+        return d, RecursiveState(params, d, jnp.ones((), jnp.int32))

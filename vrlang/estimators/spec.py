@@ -76,7 +76,7 @@ def number(spec: Spec, key: str, default, *, integer=False, positive=True, allow
     span = spec.arg_spans.get(key) or spec.span
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise VrEstimatorError("E302", f"`{key}` of `{spec.name}` must be a number"
-                               + (" or `auto`" if allow_auto else ""), span)
+                               + (" or `auto`" if allow_auto else "") + (f", got `{v}`" if isinstance(v, Spec) else ""), span)
     if integer and (not float(v).is_integer()):
         raise VrEstimatorError("E302", f"`{key}` of `{spec.name}` must be an integer, got {v}", span)
     if positive and not v > 0:

@@ -190,6 +190,8 @@ class _ToAst(Transformer):
         return str(ch[0])
 
     def dim_int(self, ch):
+        if int(ch[0]) >= 2**63:
+            raise VrSyntaxError("E105", f"the dimension {int(ch[0])} is too large", self.sp(ch[0]))
         return int(ch[0])
 
     def dim_name(self, ch):
@@ -200,6 +202,9 @@ class _ToAst(Transformer):
     def number(self, meta, ch):
         tok = ch[0]
         if tok.type == "INT":
+            if int(tok) >= 2**63:  # beyond int64: numpy and JAX cannot hold it
+                raise VrSyntaxError("E105", f"the integer {int(tok)} is too large", self.sp(tok),
+                                    "write a large number as a real, e.g. 1e20")
             return ast.Number(int(tok), True, span=self.sp(tok))
         return ast.Number(float(tok), False, span=self.sp(tok))
 
@@ -360,6 +365,8 @@ def _syntax_error(e: UnexpectedInput, source: str, file: str | None) -> VrSyntax
             return VrSyntaxError("E102", "unterminated string", span, "close the string with `\"` on the same line")
         if nxt in ("&&", "||") or ch == "!":
             word = {"&&": "and", "||": "or"}.get(nxt, "not")
+            if nxt in ("&&", "||"):
+                span = Span(line, col, line, col + 2, source, file)
             return VrSyntaxError("E103", f"unexpected `{nxt if nxt in ('&&', '||') else ch}`", span,
                                  f"vrlang writes logical operators as words: use `{word}`")
         if ch == ";":
@@ -378,7 +385,7 @@ def _syntax_error(e: UnexpectedInput, source: str, file: str | None) -> VrSyntax
         text = "end of file" if tok.type == "$END" else f"`{tok}`"
         width = max(len(str(tok)), 1) if tok.type != "$END" else 1
         if tok.type == "$END":
-            lines = source.splitlines() or [""]
+            lines = source.rstrip("\r\n").split("\n")  # lines as Lark counts them: "\n" only
             line, col = len(lines), len(lines[-1]) + 1
         span = Span(line, col, line, col + width, source, file)
         msg = f"unexpected {text}"
@@ -386,6 +393,11 @@ def _syntax_error(e: UnexpectedInput, source: str, file: str | None) -> VrSyntax
         binder = _binder_before(toks)
         if "DOTDOT" in expected and str(tok) == ":":
             hint = "a range is written `a..b`, e.g. `i in 0..n`"
+        elif "DOTDOT" in expected and tok.type == "DOT":
+            hint = "a range is written `a..b` (two dots), e.g. `i in 0..n`"
+        elif prev == "*" and str(tok) == "*" and pos > 0 and source[pos - 1] == "*":
+            msg, span = "unexpected `**`", Span(line, col - 1, line, col + 1, source, file)
+            hint = "powers are written `x ^ 2`, not `x ** 2`"
         elif binder and "COLON" in expected:
             hint = f"expected `:` after the binder `{binder}`"
         elif prev == "*" and str(tok) == "*":
@@ -425,7 +437,11 @@ def parse_program(source: str, file: str | None = None) -> ast.Program:
     except VisitError as e:  # unwrap errors raised inside the transformer
         if isinstance(e.orig_exc, VrError):
             raise e.orig_exc.with_source(source, file) from None
+        if isinstance(e.orig_exc, RecursionError):
+            raise _too_deep() from None
         raise
+    except RecursionError:
+        raise _too_deep() from None
     return ast.Program(tuple(stmts), source, file)
 
 
@@ -437,7 +453,15 @@ def parse_spec(text: str, what: str = "spec") -> ast.Expr:
     except VisitError as e:
         if isinstance(e.orig_exc, VrError):
             raise e.orig_exc.with_source(text, f"<{what}>") from None
+        if isinstance(e.orig_exc, RecursionError):
+            raise _too_deep() from None
         raise
+    except RecursionError:
+        raise _too_deep() from None
+
+
+def _too_deep() -> VrSyntaxError:
+    return VrSyntaxError("E104", "expression nested too deeply", None, "split the expression with `let` or `def`")
 
 
 def _parse(source: str, start: str, file: str | None):

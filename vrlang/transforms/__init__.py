@@ -12,9 +12,11 @@ from vrlang.check.program import BinderInfo
 from vrlang.errors import VrEstimatorError
 from vrlang.estimators.spec import Spec
 from vrlang.transforms.base import EstimatorChoice, Transform
-from vrlang.transforms.finite_sum import FullSum, MinibatchSum, SVRGSum
+from vrlang.transforms.finite_sum import (FullSum, LSVRGSum, MinibatchSum, PAGESum, SAGASum, SARAHSum, SPIDERSum,
+                                         STORMSum, SVRGSum)
 
-TRANSFORMS: list[Transform] = [FullSum(), MinibatchSum(), SVRGSum()]
+TRANSFORMS: list[Transform] = [FullSum(), MinibatchSum(), SVRGSum(), LSVRGSum(), SAGASum(), SARAHSum(), SPIDERSum(),
+                               PAGESum(), STORMSum()]
 
 KNOWN = {
     "index": ("full", "sgd", "svrg", "lsvrg", "saga", "sarah", "spider", "page", "storm"),
@@ -38,6 +40,10 @@ def choose(binder: BinderInfo, spec: Spec, sizes: dict) -> EstimatorChoice:
                                    f"for `{binder.name}` use one of: {', '.join(KNOWN[kind])}")
     if spec.name in KNOWN[kind]:
         available = [t.names[0] for t in TRANSFORMS if t.kind == kind]
+        if spec.span is None:  # the default of the binder's kind, not written by the user: point at the binder
+            raise VrEstimatorError("E391", f"no estimator for the {KIND_TEXT[kind]} `{binder.name}` is available yet "
+                                   f"in this version (its default would be `{spec.name}`)", binder.span,
+                                   "the program is well-typed, but this version cannot compile this kind of binder yet")
         raise VrEstimatorError("E391", f"the estimator `{spec.name}` is not available yet in this version",
                                spec.span, "available for this binder: " + (", ".join(available) or "none yet"))
     close = difflib.get_close_matches(spec.name, KNOWN[kind], n=1, cutoff=0.6)
