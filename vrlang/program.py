@@ -260,14 +260,18 @@ class Program:
         with self._precision():
             _, fns, jdata, jconsts = self._bind(data, consts)
             p = self._check_params(params)
-            return float(fns["objective"](p, jdata, jconsts, None))
+            if "value_jit" not in fns:
+                fns["value_jit"] = jax.jit(lambda q, d, c: fns["objective"](q, d, c, None))
+            return float(fns["value_jit"](p, jdata, jconsts))
 
     def grad(self, params: Mapping, data: Mapping | None = None, consts: Mapping | None = None) -> dict:
         """The exact gradient of the objective with respect to each param."""
         with self._precision():
             _, fns, jdata, jconsts = self._bind(data, consts)
             p = self._check_params(params)
-            g = jax.grad(lambda q: fns["objective"](q, jdata, jconsts, None))(p)
+            if "grad_jit" not in fns:
+                fns["grad_jit"] = jax.jit(jax.grad(lambda q, d, c: fns["objective"](q, d, c, None)))
+            g = fns["grad_jit"](p, jdata, jconsts)
             return {k: np.asarray(v) for k, v in g.items()}
 
     def init_params(self, data: Mapping | None = None) -> dict[str, np.ndarray]:
@@ -558,6 +562,12 @@ def _symbolic_sizes(cp: CheckedProgram) -> dict:
 
 
 def _refuse_unsupported(cp: CheckedProgram, choices) -> None:
+    saga = [b for b, c in choices.items() if c.family == "saga"]
+    sampled = [b for b, c in choices.items() if c.sampler is not None]
+    if saga and len(sampled) > 1:
+        raise VrEstimatorError("E394", f"saga with more than one sampled sum is not supported yet "
+                               f"(sampled: {', '.join(f'`{b}`' for b in sampled)})", choices[saga[0]].spec.span,
+                               "estimate one binder by saga and the others by full, or use svrg/lsvrg")
     for node in N.walk(cp.objective):
         if isinstance(node, (N.Expect, N.Decision)):
             what = "expectations E(...)" if isinstance(node, N.Expect) else f"{node.op}(...) binders"
