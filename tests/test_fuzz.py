@@ -54,11 +54,11 @@ def _check_rendering(diag) -> None:
     if diag.span is not None and diag.span.source is not None:
         # the source line is shown as the parser counts lines ("\n" only), on one line of the output
         lines = diag.span.source.split("\n")
-        if 1 <= diag.span.line <= len(lines):
-            shown = [ln for ln in out.split("\n") if ln.startswith(f"{diag.span.line} | ")]
-            assert len(shown) == 1, out
-            assert len(shown[0]) == len(f"{diag.span.line} | ") + len(lines[diag.span.line - 1].rstrip("\r")
-                                                                     .expandtabs(1)), out
+        assert 1 <= diag.span.line <= len(lines), out
+        shown = [ln for ln in out.split("\n") if ln.startswith(f"{diag.span.line} | ")]
+        assert len(shown) == 1, out
+        assert len(shown[0]) == len(f"{diag.span.line} | ") + len(lines[diag.span.line - 1].rstrip("\r")
+                                                                 .expandtabs(1)), out
 
 
 def compiles_or_vrerror(text: str) -> None:
@@ -284,7 +284,8 @@ LET_CHAIN = ("data X: real[n]\nlet a0 = mean(i in 0..n: X[i])\n"
 @example('use "\x00"\nminimize 1.0')  # ValueError: embedded null byte
 @example("param p: real in [[1], 3]\nminimize p")  # TypeError: float() of an array
 @example("const c: real[2] = [1, 2]\nparam p: real in [c, 3]\nminimize p")  # TypeError
-@example("param w: real = 0\x0cminimize w +")  # the caret line showed the wrong source line (\f splits lines)
+@example("param w: real = 0\x0cminimize foo")  # the caret line showed the wrong source line (\f splits lines)
+@example("param w: real = 0\x0cminimize w +")  # the end-of-file caret pointed past the last line
 @example(LET_CHAIN)  # bias analysis exponential in a chain of lets: far past the deadline
 def test_arbitrary_text(text):
     compiles_or_vrerror(text)

@@ -76,7 +76,7 @@ class Result:
     def to_dict(self) -> dict:
         return {"status": self.status, "message": self.message, "epochs": self.epochs, "steps": self.steps,
                 "objective": self.objective, "info": self.info,
-                "history": {k: [float(x) for x in v] for k, v in self.history.items()},
+                "history": {k: [float(x) if np.isfinite(x) else None for x in v] for k, v in self.history.items()},
                 "params": {k: np.asarray(v).tolist() for k, v in self.params.items()}}
 
 
@@ -327,7 +327,8 @@ class Program:
             max_epochs = cfg.epochs if cfg.epochs is not None else math.ceil(cfg.steps / est.steps_per_epoch)
             if cfg.steps is not None and cfg.epochs is not None:
                 max_epochs = min(cfg.epochs, math.ceil(cfg.steps / est.steps_per_epoch))
-            capacity = 1 << max(4, int(max_epochs + 1 - 1).bit_length())
+            # history rows, rounded up to a power of two (fewer recompiles), at most 2^16
+            capacity = 1 << min(16, max(4, int(max_epochs).bit_length()))
             fdt = self.float_dtype
             limits = {"epochs": jnp.asarray(max_epochs, jnp.int32),
                       "steps": jnp.asarray(cfg.steps if cfg.steps is not None else np.iinfo(np.int32).max, jnp.int32),
@@ -431,7 +432,9 @@ def _power_iteration(problem, u0):
     _AUTO_TRACES[0] += 1
     f = problem.solver_objective
     leaves, tdef = jax.tree_util.tree_flatten(u0)
-    v = jax.tree_util.tree_unflatten(tdef, [jnp.ones_like(x) for x in leaves])
+    # a random start (fixed key): an all-ones start can be nearly orthogonal to the top eigenvector
+    keys = jax.random.split(jax.random.PRNGKey(20261126), max(len(leaves), 1))
+    v = jax.tree_util.tree_unflatten(tdef, [jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves)])
 
     def hvp(v):
         return jax.jvp(jax.grad(f), (u0,), (v,))[1]
