@@ -189,8 +189,11 @@ class Program:
         if families == {"sgd"}:
             return MinibatchGradient(obj, float(fns["sampled_evals"]), spe)
         if families == {"svrg"}:
-            (c,) = [c for c in self.choices.values() if c.family == "svrg"]
-            m = c.options.get("epoch") or spe
+            epochs = {c.options.get("epoch") for c in self.choices.values() if c.family == "svrg"}
+            if len(epochs) > 1:
+                raise VrEstimatorError("E393", "`epoch` of `svrg` differs between the binders estimated by svrg",
+                                       None, "give every binder estimated by svrg the same `epoch`")
+            m = epochs.pop() or spe
             evals = 2.0 * fns["sampled_evals"] + fns["exact_evals"] / m
             return SVRGGradient(obj, m, evals, m)
         if len(families) == 1 and families <= _VR_FAMILIES:

@@ -111,7 +111,9 @@ class Checker:
                 estimates.append(st)
             elif isinstance(st, ast.Solve):
                 if solve is not None:
-                    raise VrTypeError("E230", "only one `solve` statement is allowed", st.span)
+                    raise VrTypeError("E230", "only one `solve` statement is allowed", st.span,
+                                      f"the first `solve` is at line {solve.span.line}; keep one of them"
+                                      if solve.span else None)
                 solve = st
             elif isinstance(st, ast.Objective):
                 if objective_stmt is not None:
@@ -140,7 +142,11 @@ class Checker:
         if library and not isinstance(st, (ast.Use, ast.Const, ast.Def, ast.Extern)):
             raise VrTypeError("E240", f"a library file may only contain use, const, def and extern statements", st.span)
         method = getattr(self, "stmt_" + type(st).__name__.lower())
-        method(st)
+        try:
+            method(st)
+        except RecursionError:
+            raise VrSyntaxError("E104", "expression nested too deeply", st.span,
+                                "split the expression with `let` or `def`") from None
 
     def stmt_use(self, st: ast.Use):
         if st.module is not None:
@@ -300,7 +306,9 @@ class Checker:
                               ("binders are the variables of sum/mean/E/argmin/...: "
                                + (", ".join(self.binders) if self.binders else "this program has none")))
         if info.spec is not None:
-            raise VrTypeError("E251", f"binder `{st.binder}` already has an estimator", st.span)
+            raise VrTypeError("E251", f"binder `{st.binder}` already has an estimator", st.span,
+                              f"the first `estimate {st.binder}` is at line {info.spec_span.line}; keep one of them"
+                              if info.spec_span else None)
         info.spec, info.spec_span = st.spec, st.span
 
     # ------------------------------------------------------- constant expressions
@@ -354,7 +362,8 @@ class Checker:
             if e.id in self.symbols:
                 return N.Ref(INT, "dim", e.id, span=e.span)
             if e.id in B.BUILTINS or e.id in BINDER_OPS:
-                raise VrTypeError("E263", f"`{e.id}` is a function; call it with arguments", e.span)
+                raise VrTypeError("E263", f"`{e.id}` is a function; call it with arguments", e.span,
+                                  f"write e.g. `{e.id}(x)`")
             visible = self.scope.names() | set(self.symbols)
             raise VrTypeError("E264", f"unknown name `{e.id}`", e.span,
                               _suggest(e.id, visible) or "declare it with data, const, param or let")
@@ -373,7 +382,8 @@ class Checker:
         x = self.expr(e.operand)
         if e.op == "not":
             if x.type.base != "bool":
-                raise VrTypeError("E210", f"`not` needs a comparison (bool), got {x.type}", e.operand.span)
+                raise VrTypeError("E210", f"`not` needs a comparison (bool), got {x.type}", e.operand.span,
+                                  "compare first, e.g. `not (x > 0)`")
             return N.Op(x.type, "not", (x,), span=e.span)
         if x.type.base == "bool":
             raise VrTypeError("E210", f"`{e.op}` needs a number, got {x.type}", e.operand.span)

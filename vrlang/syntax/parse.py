@@ -410,6 +410,8 @@ def _syntax_error(e: UnexpectedInput, source: str, file: str | None) -> VrSyntax
                 hint = f"a `{opener}` is never closed: add `{')' if opener == '(' else ']'}`"
             else:
                 hint = "the program ends in the middle of a statement"
+        elif expected == {"COLON"} and len(toks) >= 2 and toks[-2] in ("data", "param"):
+            hint = f"`{toks[-2]} {toks[-1]}` needs a type: write e.g. `{toks[-2]} {toks[-1]}: real[n]`"
         elif expected & _STATEMENT_TERMINALS and tok.type == "NAME":
             close = difflib.get_close_matches(str(tok), STATEMENT_KEYWORDS, n=1, cutoff=0.6)
             if close:
@@ -438,10 +440,10 @@ def parse_program(source: str, file: str | None = None) -> ast.Program:
         if isinstance(e.orig_exc, VrError):
             raise e.orig_exc.with_source(source, file) from None
         if isinstance(e.orig_exc, RecursionError):
-            raise _too_deep() from None
+            raise _too_deep(tree, source, file) from None
         raise
     except RecursionError:
-        raise _too_deep() from None
+        raise _too_deep(tree, source, file) from None
     return ast.Program(tuple(stmts), source, file)
 
 
@@ -454,14 +456,24 @@ def parse_spec(text: str, what: str = "spec") -> ast.Expr:
         if isinstance(e.orig_exc, VrError):
             raise e.orig_exc.with_source(text, f"<{what}>") from None
         if isinstance(e.orig_exc, RecursionError):
-            raise _too_deep() from None
+            raise _too_deep(tree, text, f"<{what}>") from None
         raise
     except RecursionError:
-        raise _too_deep() from None
+        raise _too_deep(tree, text, f"<{what}>") from None
 
 
-def _too_deep() -> VrSyntaxError:
-    return VrSyntaxError("E104", "expression nested too deeply", None, "split the expression with `let` or `def`")
+def _too_deep(tree, source: str, file: str | None) -> VrSyntaxError:
+    """E104 at the most deeply nested statement (found without recursion)."""
+    best, where = 0, None
+    stack = [(c, 1, c) for c in getattr(tree, "children", ())]
+    while stack:
+        t, d, top = stack.pop()
+        if d > best:
+            best, where = d, top
+        if isinstance(t, lark.Tree):
+            stack.extend((c, d + 1, top) for c in t.children)
+    span = _span(where, source, file) if isinstance(where, (lark.Tree, Token)) else None
+    return VrSyntaxError("E104", "expression nested too deeply", span, "split the expression with `let` or `def`")
 
 
 def _parse(source: str, start: str, file: str | None):

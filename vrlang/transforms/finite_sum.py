@@ -71,6 +71,10 @@ def _batch(spec, binder):
     return b
 
 
+def _paren(size: str) -> str:
+    return f"({size})" if " " in size else size
+
+
 def _optional(spec, key, **kw):
     return number(spec, key, None, **kw) if spec.args.get(key) is not None else None
 
@@ -83,7 +87,7 @@ class LSVRGSum(Transform):
         b = _batch(spec, binder)
         n = sizes[binder.name]
         p = _optional(spec, "p", upper=1)
-        ptxt = f"{p:g}" if p is not None else f"b/({n}) by default"
+        ptxt = f"{p:g}" if p is not None else f"{b}/{_paren(n)} (default)"
         return EstimatorChoice(binder.name, binder.kind, spec, True,
                                f"2*{b} per step + {n} with probability p = {ptxt}",
                                "one copy of the params and of the full gradient",
@@ -150,7 +154,7 @@ class PAGESum(Transform):
         b = _batch(spec, binder)
         n = sizes[binder.name]
         p = _optional(spec, "p", upper=1)
-        ptxt = f"{p:g}" if p is not None else f"b/(b + {n}) by default"
+        ptxt = f"{p:g}" if p is not None else f"{b}/({b} + {n}) (default)"
         return EstimatorChoice(binder.name, binder.kind, spec, False,
                                f"{n} with probability p = {ptxt}, else 2*{b}",
                                "one copy of the params and of the last estimate",
