@@ -37,7 +37,7 @@ from vrlang.solvers import loop
 from vrlang.solvers.spec import SolverConfig, solver_config
 from vrlang.solvers.status import Status
 from vrlang.syntax import ast, parse_program, parse_spec
-from vrlang.transforms import DEFAULT, EstimatorChoice, choose
+from vrlang.transforms import EstimatorChoice, choose, default
 
 DEFAULT_SOLVER = "sgd(lr = auto, epochs = 100)"
 
@@ -139,10 +139,11 @@ class Program:
     def _lower(self, dims: dict[str, int]) -> dict:
         cp, interp = self.checked, self._interp
         samplers = {b: c.sampler for b, c in self.choices.items() if c.sampler is not None}
+        plans = {b: c.plan for b, c in self.choices.items() if c.plan is not None}
         root = cp.objective
 
         def objective(params, data, consts, key):
-            return interp(root, Env(params, data, consts, dims, key, samplers))
+            return interp(root, Env(params, data, consts, dims, key, samplers, plans=plans))
 
         sizes = {}
         for b, info in cp.binders.items():
@@ -184,6 +185,8 @@ class Program:
     def _estimator(self, fns, obj: CompiledObjective):
         families = {c.family for c in self.choices.values() if c.kind == "index"} - {"full"}
         if not families:
+            if any(_stochastic(c) for c in self.choices.values()):  # sampled expectations: a fresh key per step
+                return MinibatchGradient(obj, float(fns["exact_evals"]), 1)
             return FullGradient(obj, float(fns["exact_evals"]), 1)
         spe = max(1, math.ceil(fns["exact_evals"] / fns["sampled_evals"]))
         if families == {"sgd"}:
@@ -305,8 +308,9 @@ class Program:
               on_epoch: Callable | None = None) -> Result:
         """Run the solver; see LANGUAGE.md §5-6."""
         cfg = self.solver if solver is None else solver_config(_spec(solver, "solver"))
-        if cfg.name == "lbfgs" and any(c.sampler is not None for c in self.choices.values()):
-            raise VrEstimatorError("E502", "lbfgs is deterministic: every finite sum must be estimated by `full`",
+        if cfg.name == "lbfgs" and any(c.sampler is not None or _stochastic(c) for c in self.choices.values()):
+            raise VrEstimatorError("E502", "lbfgs is deterministic: every finite sum must be estimated by `full` "
+                                   "and every expectation by `enum`",
                                    cfg.spec.span, "use sgd/adam with sampled estimators, or estimate ... by full")
         with self._precision():
             dims, fns, jdata, jconsts = self._bind(data, consts)
@@ -525,8 +529,8 @@ def compile(src: str | os.PathLike, *, consts: Mapping | None = None, externs: M
         choices = {}
         sizes = _symbolic_sizes(cp)
         for b, info in cp.binders.items():
-            spec = to_spec(info.spec) if info.spec is not None else Spec(DEFAULT[info.kind], {})
-            choices[b] = choose(info, spec, sizes)
+            spec = to_spec(info.spec) if info.spec is not None else default(info)
+            choices[b] = choose(info, spec, sizes, {k: c.value for k, c in cp.consts.items()})
         if solver is not None:
             scfg = solver_config(_spec(solver, "solver"))
         elif cp.solver_spec is not None:
@@ -548,8 +552,8 @@ def compile(src: str | os.PathLike, *, consts: Mapping | None = None, externs: M
             raise VrEstimatorError("E312", f"extern `{unknown_ext[0]}` is not declared in the program", None,
                                    f"declare it: extern {unknown_ext[0]}(x: real) -> real")
         _refuse_unsupported(cp, choices)
-        sampled = {b for b, c in choices.items() if c.sampler is not None}
-        warnings = bias.analyse(cp.objective, sampled)
+        sampled = {b for b, c in choices.items() if c.sampler is not None or _stochastic(c)}
+        warnings = bias.analyse(cp.objective, sampled, kinds={b: i.kind for b, i in cp.binders.items()})
     except VrError as e:
         raise e.with_source(text, file)
     for w in warnings:
@@ -575,9 +579,13 @@ def _refuse_unsupported(cp: CheckedProgram, choices) -> None:
                                f"(sampled: {', '.join(f'`{b}`' for b in sampled)})", choices[saga[0]].spec.span,
                                "estimate one binder by saga and the others by full, or use svrg/lsvrg")
     for node in N.walk(cp.objective):
-        if isinstance(node, (N.Expect, N.Decision)):
-            what = "expectations E(...)" if isinstance(node, N.Expect) else f"{node.op}(...) binders"
-            later = "issue 4" if isinstance(node, N.Expect) else "issue 5"
-            raise VrEstimatorError("E390", f"{what} are parsed and checked but not compiled yet in this version "
-                                   f"(binder `{node.binder}`)", node.span,
-                                   f"`vrlang check` accepts this program; compiling it arrives with {later}")
+        if isinstance(node, N.Decision):
+            raise VrEstimatorError("E390", f"{node.op}(...) binders are parsed and checked but not compiled yet in "
+                                   f"this version (binder `{node.binder}`)", node.span,
+                                   "`vrlang check` accepts this program; compiling it arrives with issue 5")
+
+
+def _stochastic(choice: EstimatorChoice) -> bool:
+    """An expectation estimated by sampling (not `enum`)."""
+    from vrlang.estimators.expectation import EnumEstimate
+    return choice.plan is not None and not isinstance(choice.plan, EnumEstimate)

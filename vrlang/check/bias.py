@@ -25,7 +25,7 @@ def _sampled_in(node: N.Node, sampled: set[str], memo: dict) -> frozenset:
     key = id(node)
     if key not in memo:
         found = set()
-        if isinstance(node, N.Sum) and node.binder in sampled:
+        if isinstance(node, (N.Sum, N.Expect)) and node.binder in sampled:
             found.add(node.binder)
         for c in node.children():
             found |= _sampled_in(c, sampled, memo)
@@ -33,7 +33,8 @@ def _sampled_in(node: N.Node, sampled: set[str], memo: dict) -> frozenset:
     return memo[key]
 
 
-def analyse(root: N.Node, sampled: set[str], where: str = "the objective") -> list[VrWarning]:
+def analyse(root: N.Node, sampled: set[str], where: str = "the objective",
+            kinds: dict[str, str] | None = None) -> list[VrWarning]:
     """Warnings for every sampled binder that reaches ``root`` through a nonlinear operation."""
     if not sampled:
         return []
@@ -49,9 +50,14 @@ def analyse(root: N.Node, sampled: set[str], where: str = "the objective") -> li
         here = _sampled_in(node, sampled, memo)
         if not here:
             return
+        nonlinear: set[str] = set()
+        op_name = None
+        if isinstance(node, (N.ExternCall, N.Dist)):  # an extern or a distribution's parameters: not linear
+            for a in node.children():
+                nonlinear |= _sampled_in(a, sampled, memo)
+            op_name = node.name
         if isinstance(node, N.Op):
             arg_sets = [_sampled_in(a, sampled, memo) for a in node.args]
-            nonlinear: set[str] = set()
             if node.op in _LINEAR_ALL:
                 pass
             elif node.op in _LINEAR_ONE_SIDE and len(arg_sets) == 2:
@@ -61,15 +67,22 @@ def analyse(root: N.Node, sampled: set[str], where: str = "the objective") -> li
             else:
                 for s in arg_sets:
                     nonlinear |= s
+            op_name = _OP_NAMES.get(node.op, node.op)
+        if nonlinear:
             for b in sorted(nonlinear):
                 if b not in warnings:
-                    op = _OP_NAMES.get(node.op, node.op)
+                    op = op_name
+                    what = (f"the minibatched sum over `{b}`" if (kinds or {}).get(b, "index") == "index"
+                            else f"the sampled expectation over `{b}`")
+                    fix = (f"estimate `{b}` by full, or rewrite so that `{op}` is applied inside the sum"
+                           if (kinds or {}).get(b, "index") == "index" else
+                           f"estimate `{b}` by enum (exact) if its support is finite, or optimise an objective "
+                           f"in which `{op}` is applied inside the expectation")
                     warnings[b] = VrWarning(
                         "W301",
-                        f"the minibatched sum over `{b}` passes through the nonlinear `{op}` in {where}, "
+                        f"{what} passes through the nonlinear `{op}` in {where}, "
                         f"so its gradient estimate is biased",
-                        node.span,
-                        f"estimate `{b}` by full, or rewrite so that `{op}` is applied inside the sum")
+                        node.span, fix)
         for c in node.children():
             visit(c)
 

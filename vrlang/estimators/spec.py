@@ -42,6 +42,9 @@ def _value(e: ast.Expr):
             return e.id == "true"
         return Spec(e.id, {}, e.span)
     if isinstance(e, ast.Call):
+        from vrlang.check.distributions import DISTRIBUTIONS
+        if e.func in DISTRIBUTIONS:
+            return e  # a distribution (e.g. a proposal); the estimator that takes it checks it
         return to_spec(e)
     return e  # an expression (e.g. weights(expr)); the estimator that takes it checks it
 

@@ -12,11 +12,12 @@ from vrlang.check.program import BinderInfo
 from vrlang.errors import VrEstimatorError
 from vrlang.estimators.spec import Spec
 from vrlang.transforms.base import EstimatorChoice, Transform
+from vrlang.transforms.expectation import Enum, Importance, Reparam, Score, default_spec
 from vrlang.transforms.finite_sum import (FullSum, LSVRGSum, MinibatchSum, PAGESum, SAGASum, SARAHSum, SPIDERSum,
                                          STORMSum, SVRGSum)
 
 TRANSFORMS: list[Transform] = [FullSum(), MinibatchSum(), SVRGSum(), LSVRGSum(), SAGASum(), SARAHSum(), SPIDERSum(),
-                               PAGESum(), STORMSum()]
+                               PAGESum(), STORMSum(), Reparam(), Score(), Enum(), Importance()]
 
 KNOWN = {
     "index": ("full", "sgd", "svrg", "lsvrg", "saga", "sarah", "spider", "page", "storm"),
@@ -28,8 +29,17 @@ KIND_TEXT = {"index": "finite-index binder (sum/mean)", "random": "random-choice
 DEFAULT = {"index": "full", "random": "reparam", "decision": "implicit"}
 
 
-def choose(binder: BinderInfo, spec: Spec, sizes: dict) -> EstimatorChoice:
+def default(binder: BinderInfo) -> Spec:
+    """The estimator of a binder without an `estimate` statement."""
+    if binder.kind == "random":
+        return default_spec(binder)
+    return Spec(DEFAULT[binder.kind], {})
+
+
+def choose(binder: BinderInfo, spec: Spec, sizes: dict, consts: dict | None = None) -> EstimatorChoice:
     for t in TRANSFORMS:
+        if isinstance(t, Importance):
+            t = Importance(consts)
         if t.accepts(binder, spec):
             return t.apply(binder, spec, sizes)
     kind = binder.kind
@@ -52,4 +62,4 @@ def choose(binder: BinderInfo, spec: Spec, sizes: dict) -> EstimatorChoice:
                            f"estimators for this binder: {', '.join(KNOWN[kind])}")
 
 
-__all__ = ["TRANSFORMS", "KNOWN", "choose", "EstimatorChoice"]
+__all__ = ["TRANSFORMS", "KNOWN", "choose", "default", "EstimatorChoice"]

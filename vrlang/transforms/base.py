@@ -28,6 +28,7 @@ class EstimatorChoice:
     sampler: Any = None  # for finite sums: the index sampler, or None when exact
     family: str = "full"  # which program-level gradient estimator it asks for
     options: dict = field(default_factory=dict)
+    plan: Any = None  # for expectations: the surrogate builder (vrlang.estimators.expectation)
 
 
 class Transform:

@@ -1,0 +1,135 @@
+"""Gradient estimators for expectations ``E(z ~ q_theta: f(z, theta))``.
+
+Each estimator turns the expectation into a *surrogate*: a scalar (or array) whose value
+is a Monte Carlo estimate of the expectation and whose JAX gradient is the estimator's
+gradient.  ``body(z)`` evaluates ``f`` (vmapped over samples); ``dist`` is the numpyro
+distribution ``q_theta`` with its parameters traced.
+
+* :class:`ReparamEstimate` -- pathwise (Kingma & Welling 2014; Rezende et al. 2014):
+  :math:`z_k = g_\\theta(\\epsilon_k)`, surrogate :math:`\\frac1K\\sum_k f(z_k)`.  Unbiased.
+* :class:`ScoreEstimate` -- REINFORCE (Williams 1992):
+  surrogate :math:`\\frac1K\\sum_k f(z_k) + \\mathrm{sg}(f(z_k) - b_k)\\,(\\log q(z_k) - \\mathrm{sg}\\log q(z_k))`
+  with :math:`z_k` stop-gradient samples; its value is the plain Monte Carlo mean and its
+  gradient :math:`\\frac1K\\sum_k \\nabla_\\theta f(z_k) + (f(z_k) - b_k)\\nabla_\\theta\\log q(z_k)`.
+  Baselines :math:`b_k`: ``none`` (0); ``loo`` -- the mean of the *other* samples (RLOO,
+  Kool, van Hoof & Welling 2019), unbiased since :math:`b_k` is independent of
+  :math:`z_k`; ``greedy`` -- :math:`f` at the mode of :math:`q` (ReMax, Li et al. 2023),
+  unbiased; ``mean`` -- the group mean *including* :math:`z_k` (Dr. GRPO style), biased:
+  its expected gradient is :math:`\\frac{K-1}K` of the true one; ``group_norm`` -- the
+  GRPO advantage :math:`(f_k - \\bar f)/\\mathrm{std}(f)` (Shao et al. 2024), biased
+  (the scale depends on the samples).
+* :class:`EnumEstimate` -- exact :math:`\\sum_{z} q(z) f(z)` over a finite support,
+  vectorised over the support.
+* :class:`ImportanceEstimate` -- :math:`z_k \\sim p` (a fixed proposal),
+  :math:`\\frac1K\\sum_k \\frac{q_\\theta(z_k)}{p(z_k)} f(z_k)`; unbiased.  With
+  ``self_normalized`` the weights are divided by their sum: consistent but biased.
+
+When the program is evaluated "exactly" (``key=None``: the logged objective), a sampled
+expectation uses a fixed key and at least :data:`EVAL_SAMPLES` samples, so the logged
+objective is a deterministic Monte Carlo estimate with common random numbers.
+"""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+EVAL_SAMPLES = 256
+_EVAL_KEY = 0x5EED
+
+
+def _sum_batch(logp, n_sample_dims: int):
+    """Sum the log-probability over the batch axes: one random choice = the whole array."""
+    axes = tuple(range(n_sample_dims, logp.ndim))
+    return jnp.sum(logp, axis=axes) if axes else logp
+
+
+def _eval_key_and_count(key, samples: int):
+    if key is None:
+        return jax.random.PRNGKey(_EVAL_KEY), max(samples, EVAL_SAMPLES)
+    return key, samples
+
+
+def _weighted_mean(weights, vals):
+    w = weights.reshape(weights.shape + (1,) * (vals.ndim - weights.ndim))
+    return jnp.mean(w * vals, axis=0)
+
+
+def mode(name: str, dist):
+    """The mode of the supported discrete/location families (for the greedy baseline)."""
+    if name == "Bernoulli":
+        return (dist.probs > 0.5).astype(jnp.int32)
+    if name == "Categorical":
+        return jnp.argmax(dist.probs, axis=-1).astype(jnp.int32)
+    if name in ("Normal", "Laplace", "Cauchy", "StudentT", "Logistic", "Gumbel", "MultivariateNormal"):
+        return jnp.broadcast_to(dist.loc, dist.batch_shape + dist.event_shape)
+    raise ValueError(name)  # refused at compile time
+
+
+GREEDY_FAMILIES = ("Bernoulli", "Categorical", "Normal", "Laplace", "Cauchy", "StudentT", "Logistic", "Gumbel",
+                   "MultivariateNormal")
+
+
+class ReparamEstimate(eqx.Module):
+    samples: int = eqx.field(static=True)
+
+    def surrogate(self, name, dist, body, key, cast):
+        key, k = _eval_key_and_count(key, self.samples)
+        z = dist.rsample(key, (k,))
+        return jnp.mean(jax.vmap(body)(cast(z)), axis=0)
+
+
+class ScoreEstimate(eqx.Module):
+    samples: int = eqx.field(static=True)
+    baseline: str = eqx.field(static=True)  # none loo mean group_norm greedy
+
+    def surrogate(self, name, dist, body, key, cast):
+        key, k = _eval_key_and_count(key, self.samples)
+        z = jax.lax.stop_gradient(dist.sample(key, (k,)))
+        f = jax.vmap(body)(cast(z))
+        logq = _sum_batch(dist.log_prob(z), 1)
+        fs = jax.lax.stop_gradient(f)
+        if self.baseline == "none":
+            adv = fs
+        elif self.baseline == "loo":
+            adv = fs - (jnp.sum(fs, axis=0, keepdims=True) - fs) / (k - 1)
+        elif self.baseline == "mean":
+            adv = fs - jnp.mean(fs, axis=0, keepdims=True)
+        elif self.baseline == "group_norm":
+            adv = (fs - jnp.mean(fs, axis=0, keepdims=True)) / (jnp.std(fs, axis=0, keepdims=True) + 1e-8)
+        elif self.baseline == "greedy":
+            b = jax.lax.stop_gradient(body(cast(mode(name, dist))))
+            adv = fs - b
+        else:  # pragma: no cover - the transform refuses other names
+            raise ValueError(self.baseline)
+        score = logq - jax.lax.stop_gradient(logq)  # value 0, gradient grad log q
+        return jnp.mean(f, axis=0) + _weighted_mean(score, adv)
+
+
+class EnumEstimate(eqx.Module):
+    def surrogate(self, name, dist, body, key, cast):
+        if name == "Bernoulli":
+            support = jnp.arange(2, dtype=jnp.int32)
+        else:  # Categorical
+            support = jnp.arange(dist.probs.shape[-1], dtype=jnp.int32)
+        p = jnp.exp(dist.log_prob(support))
+        vals = jax.vmap(body)(cast(support))
+        w = p.reshape(p.shape + (1,) * (vals.ndim - 1))
+        return jnp.sum(w * vals, axis=0)
+
+
+class ImportanceEstimate(eqx.Module):
+    samples: int = eqx.field(static=True)
+    self_normalized: bool = eqx.field(static=True)
+    proposal: object  # a numpyro distribution with constant parameters
+
+    def surrogate(self, name, dist, body, key, cast):
+        key, k = _eval_key_and_count(key, self.samples)
+        z = jax.lax.stop_gradient(self.proposal.sample(key, (k,)))
+        logw = _sum_batch(dist.log_prob(z), 1) - jax.lax.stop_gradient(_sum_batch(self.proposal.log_prob(z), 1))
+        w = jnp.exp(logw)
+        f = jax.vmap(body)(cast(z))
+        if self.self_normalized:
+            w = w / jnp.sum(w) * k
+        return _weighted_mean(w, f)
