@@ -115,6 +115,15 @@ def validate(cp: CheckedProgram, arrays: Mapping) -> tuple[dict[str, np.ndarray]
                                   f"({int(bad.sum())} non-finite value{'s' if bad.sum() > 1 else ''} in all)",
                                   decl.span, "clean or impute the data before solving")
         out[name] = a
+    for b, info in cp.binders.items():  # ranges such as n..m are only known to be non-empty now
+        for node in info.nodes:
+            lo = getattr(node, "lo", None)
+            if info.kind == "index" and lo is not None:
+                lo_v = lo if isinstance(lo, int) else dims[lo]
+                hi_v = node.hi if isinstance(node.hi, int) else dims[node.hi]
+                if hi_v <= lo_v:
+                    raise VrDataError("E414", f"the range of `{b}` is empty with these data: {node.lo}..{node.hi} "
+                                      f"= {lo_v}..{hi_v}", info.span, "ranges are half-open: a..b needs a < b")
     for bc in cp.bound_checks:
         hi = bc.hi if isinstance(bc.hi, int) else dims[bc.hi]
         size = bc.dim if isinstance(bc.dim, int) else dims[bc.dim]

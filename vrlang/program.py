@@ -492,10 +492,18 @@ def _merge_consts(cp: CheckedProgram, base: dict, overrides: Mapping | None) -> 
     return out
 
 
+def _is_file(path: str) -> bool:
+    try:
+        return Path(path).is_file()
+    except (OSError, ValueError):
+        return False
+
+
 def _read_source(src: str | os.PathLike) -> tuple[str, str | None]:
     if isinstance(src, os.PathLike):
         p = Path(src)
-    elif isinstance(src, str) and "\n" not in src and src.strip().endswith(".vr"):
+    elif isinstance(src, str) and "\n" not in src and src.strip().endswith(".vr") and (
+            " " not in src.strip() or _is_file(src.strip())):  # a one-line program such as `minimize 1 # a.vr` is text
         p = Path(src.strip())
     else:
         return str(src), None
@@ -582,7 +590,7 @@ def _refuse_unsupported(cp: CheckedProgram, choices) -> None:
         if isinstance(node, N.Decision):
             raise VrEstimatorError("E390", f"{node.op}(...) binders are parsed and checked but not compiled yet in "
                                    f"this version (binder `{node.binder}`)", node.span,
-                                   "`vrlang check` accepts this program; compiling it arrives with issue 5")
+                                   "the program is well-typed; hypergradients for decision binders arrive in a later version")
 
 
 def _stochastic(choice: EstimatorChoice) -> bool:

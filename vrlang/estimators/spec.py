@@ -8,6 +8,7 @@ arguments are evaluated as compile-time constants: numbers, names such as ``auto
 from __future__ import annotations
 
 import difflib
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,6 +81,8 @@ def number(spec: Spec, key: str, default, *, integer=False, positive=True, allow
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise VrEstimatorError("E302", f"`{key}` of `{spec.name}` must be a number"
                                + (" or `auto`" if allow_auto else "") + (f", got `{v}`" if isinstance(v, Spec) else ""), span)
+    if not math.isfinite(v):
+        raise VrEstimatorError("E302", f"`{key}` of `{spec.name}` must be finite, got {v}", span)
     if integer and (not float(v).is_integer()):
         raise VrEstimatorError("E302", f"`{key}` of `{spec.name}` must be an integer, got {v}", span)
     if positive and not v > 0:
