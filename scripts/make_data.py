@@ -20,6 +20,16 @@ def _standardise(X):
     return (X - X.mean(axis=0)) / s
 
 
+def diabetes_split(X, y, n_train: int = 50, seed: int = 0) -> dict:
+    """A deterministic train/validation split of the diabetes data (examples/ridge_hyper.vr).
+
+    A small training set (50 patients, the rest for validation), where the ridge penalty matters.
+    """
+    perm = np.random.RandomState(seed).permutation(len(y))
+    tr, va = np.sort(perm[:n_train]), np.sort(perm[n_train:])
+    return {"Xtr": X[tr], "ytr": y[tr], "Xva": X[va], "yva": y[va]}
+
+
 def main():
     OUT.mkdir(parents=True, exist_ok=True)
     bc = datasets.load_breast_cancer()
@@ -27,6 +37,7 @@ def main():
     db = datasets.load_diabetes()
     y = np.asarray(db.target, dtype=np.float64)
     np.savez(OUT / "diabetes.npz", X=_standardise(db.data), y=(y - y.mean()) / y.std())
+    np.savez(OUT / "diabetes_split.npz", **diabetes_split(_standardise(db.data), (y - y.mean()) / y.std()))
     dg = datasets.load_digits()
     np.savez(OUT / "digits.npz", X=dg.data / 16.0, y=dg.target.astype(np.int64))
     for f in sorted(OUT.glob("*.npz")):

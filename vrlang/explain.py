@@ -47,15 +47,22 @@ def explain(program, stage: str | None = None) -> str:
         out.append(f"  {b}  [{KIND_TEXT[c.kind]}]")
         out.append(f"    estimator : {c.spec}")
         out.append(f"    unbiased  : {'yes' if c.unbiased else 'NO'}")
-        out.append(f"    cost      : {c.cost} component gradients")
+        out.append(f"    cost      : {c.cost}" + (" component gradients" if c.kind == "index" else ""))
         out.append(f"    memory    : {c.memory}")
         if c.note:
             out.append(f"    how       : {c.note}")
+        st = c.options.get("structure") if c.kind == "index" and c.sampler is not None else None
+        if st is not None:  # GLM detection (vrlang.check.structure): what SAGA's table and lr = auto use
+            out.append(f"    structure : {st.describe() if st else 'not a generalised linear model: ' + st.reason}")
     s = program.solver
     out.append("")
     out.append(f"solver: {s.spec}")
     if s.name in ("sgd", "adam"):
         out.append(f"  lr       : {s.lr if s.lr != 'auto' else 'auto (resolved when data arrive; see Result.info)'}")
+        from vrlang.backend.structured import explain_lr
+        rule = explain_lr(program)
+        if rule:
+            out.append(f"  lr rule  : {rule}")
     stops = [f"{k} = {getattr(s, k)}" for k in ("epochs", "steps", "tol", "time") if getattr(s, k) is not None]
     out.append(f"  stopping : {', '.join(stops)} (first reached)")
     if cp.reports:

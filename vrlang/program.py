@@ -21,6 +21,7 @@ import numpy as np
 
 from vrlang import data as D
 from vrlang.backend.constraints import default_init, unconstrain
+from vrlang.backend import structured
 from vrlang.backend.lower import Env, Interpreter
 from vrlang.check import bias
 from vrlang.check.checker import check
@@ -28,9 +29,9 @@ from vrlang.check.program import CheckedProgram
 from vrlang.errors import VrDataError, VrError, VrEstimatorError, VrTypeError, VrWarning
 from vrlang.estimators.base import CompiledObjective
 from vrlang.estimators.finite_sum import (FullGradient, LSVRGGradient, MinibatchGradient, PAGEGradient,
-                                          SAGAGradient, SARAHGradient, SPIDERGradient, STORMGradient,
+                                          SAGAGLMGradient, SAGAGradient, SARAHGradient, SPIDERGradient, STORMGradient,
                                           SVRGGradient)
-from vrlang.estimators.sampling import FixedIndexSampler, UniformSampler
+from vrlang.estimators.sampling import FixedIndexSampler, UniformSampler, bind_samplers
 from vrlang.estimators.spec import Spec, to_spec
 from vrlang.ir import nodes as N
 from vrlang.solvers import loop
@@ -38,6 +39,8 @@ from vrlang.solvers.spec import SolverConfig, solver_config
 from vrlang.solvers.status import Status
 from vrlang.syntax import ast, parse_program, parse_spec
 from vrlang.transforms import EstimatorChoice, choose, default
+from vrlang.transforms.finite_sum import resolve as resolve_finite_sums
+from vrlang.transforms.bilevel import refuse_stochastic_inner
 
 DEFAULT_SOLVER = "sgd(lr = auto, epochs = 100)"
 
@@ -83,11 +86,12 @@ class Result:
 class _ReportFn:
     """Evaluates every `report` expression; a stable callable (static under jit)."""
 
-    def __init__(self, names, nodes, dims, interp):
+    def __init__(self, names, nodes, dims, interp, plans=None):
         self.names, self.nodes, self.dims, self.interp = tuple(names), tuple(nodes), dims, interp
+        self.plans = plans or {}  # expectation and decision-binder plans (a report may use a `let` argmin)
 
     def __call__(self, params, data, consts, key):
-        env = Env(params, data, consts, self.dims)
+        env = Env(params, data, consts, self.dims, plans=self.plans)
         return jnp.stack([jnp.asarray(self.interp(n, env), jnp.result_type(float)) for n in self.nodes])
 
 
@@ -143,7 +147,8 @@ class Program:
         root = cp.objective
 
         def objective(params, data, consts, key):
-            return interp(root, Env(params, data, consts, dims, key, samplers, plans=plans))
+            # importance samplers come bound to the data (their probabilities are traced arrays)
+            return interp(root, Env(params, data, consts, dims, key, bind_samplers(samplers, data), plans=plans))
 
         sizes = {}
         for b, info in cp.binders.items():
@@ -154,14 +159,15 @@ class Program:
         eff = {b: (c.sampler.batch if c.sampler is not None else sizes.get(b, 1)) for b, c in self.choices.items()}
         eff = {**sizes, **{b: v for b, v in eff.items() if b in sizes}}
         sampled_evals = max(1, _count(root, eff, {}))
-        reports = _ReportFn(cp.reports.keys(), cp.reports.values(), dims, interp) if cp.reports else None
+        reports = _ReportFn(cp.reports.keys(), cp.reports.values(), dims, interp, plans) if cp.reports else None
         # SPIDER's restart: each sampled sum with a `large_batch` drawn at that size, the others exact
-        large = {b: UniformSampler(c.options["large_batch"]) for b, c in self.choices.items()
+        large = {b: c.sampler.with_batch(c.options["large_batch"]) for b, c in self.choices.items()
                  if c.sampler is not None and c.options.get("large_batch")}
         large_objective, large_evals = None, None
         if large:
             def large_objective(params, data, consts, key):
-                return interp(root, Env(params, data, consts, dims, key, large))
+                drawn = bind_samplers(large, data, {b: s.batch for b, s in large.items()})
+                return interp(root, Env(params, data, consts, dims, key, drawn, plans=plans))
 
             large_evals = max(1, _count(root, {**sizes, **{b: s.batch for b, s in large.items()}}, {}))
         # SAGA's per-item functions: the (single) sampled sum's minibatch fixed to given indices
@@ -170,16 +176,20 @@ class Program:
             (sb,) = samplers
 
             def objective_at(params, data, consts, idx):
-                env = Env(params, data, consts, dims, jax.random.PRNGKey(0), {sb: FixedIndexSampler(idx)})
+                env = Env(params, data, consts, dims, jax.random.PRNGKey(0), {sb: FixedIndexSampler(idx)}, plans=plans)
                 return interp(root, env)
 
         node_sizes = {b: {_size(nd.hi, dims) - _size(nd.lo, dims) for nd in info.nodes}
                       for b, info in cp.binders.items() if info.kind == "index"}
         return {"objective": objective, "reports": reports, "exact_evals": exact_evals,
                 "sampled_evals": sampled_evals, "sizes": sizes, "large_objective": large_objective,
-                "large_evals": large_evals, "objective_at": objective_at, "node_sizes": node_sizes}
+                "large_evals": large_evals, "objective_at": objective_at, "node_sizes": node_sizes,
+                "dims": dims, "structured": structured.lower(cp, self.choices, dims, interp)}
 
     def _objective_module(self, fns, jdata, jconsts) -> CompiledObjective:
+        # importance sampling: the weights are evaluated on the data once, here (E430 when unusable)
+        jdata = structured.bind_sampling(self.choices, fns["structured"], jdata, jconsts,
+                                         self._init_params(fns["dims"]))
         return CompiledObjective(jdata, jconsts, fns["objective"], fns["exact_evals"], fns.get("objective_at"))
 
     def _estimator(self, fns, obj: CompiledObjective):
@@ -235,7 +245,11 @@ class Program:
                                        f"{sorted(fns['node_sizes'][b])}; not supported yet", None,
                                        "use svrg or lsvrg")
             (n,) = fns["node_sizes"][b]
-            return SAGAGradient(obj, n, self.choices[b].sampler.batch, float(s), spe)
+            sampler = bind_samplers({b: self.choices[b].sampler}, obj.data)[b]
+            glm = fns["structured"]["glm"].get(b) if self.choices[b].options.get("glm_table") else None
+            if glm is not None:  # GLM body: one scalar per item
+                return SAGAGLMGradient(obj, n, sampler.batch, float(s), spe, glm.margin, glm.frozen, sampler)
+            return SAGAGradient(obj, n, sampler.batch, float(s), spe, sampler=sampler)
         if family == "sarah":
             m = option("epoch") or spe
             return SARAHGradient(obj, m, (2.0 * s * (m - 1) + n_all) / m, m)
@@ -328,7 +342,11 @@ class Program:
             info = {"solver": str(cfg.spec), "estimators": {b: str(c.spec) for b, c in self.choices.items()}}
             lr = cfg.lr
             if lr == "auto" or lr is None:
-                lr, note = _auto_lr(cfg, problem, u0, est)
+                glm_lr = structured.glm_auto_lr(self, cfg, fns, obj, p0)  # SAGA/SVRG on a GLM: 1/(3 L_max)
+                if glm_lr is not None:
+                    lr, note, info["lr_auto_detail"] = glm_lr
+                else:
+                    lr, note = _auto_lr(cfg, problem, u0, est)
                 info["lr_auto"] = note
             info["lr"] = float(lr) if lr is not None else None
             max_epochs = cfg.epochs if cfg.epochs is not None else math.ceil(cfg.steps / est.steps_per_epoch)
@@ -539,6 +557,7 @@ def compile(src: str | os.PathLike, *, consts: Mapping | None = None, externs: M
         for b, info in cp.binders.items():
             spec = to_spec(info.spec) if info.spec is not None else default(info)
             choices[b] = choose(info, spec, sizes, {k: c.value for k, c in cp.consts.items()})
+        resolve_finite_sums(cp, prog, choices, sizes)  # weights(expr), GLM structure, lipschitz, SAGA's table
         if solver is not None:
             scfg = solver_config(_spec(solver, "solver"))
         elif cp.solver_spec is not None:
@@ -586,14 +605,10 @@ def _refuse_unsupported(cp: CheckedProgram, choices) -> None:
         raise VrEstimatorError("E394", f"saga with more than one sampled sum is not supported yet "
                                f"(sampled: {', '.join(f'`{b}`' for b in sampled)})", choices[saga[0]].spec.span,
                                "estimate one binder by saga and the others by full, or use svrg/lsvrg")
-    for node in N.walk(cp.objective):
-        if isinstance(node, N.Decision):
-            raise VrEstimatorError("E390", f"{node.op}(...) binders are parsed and checked but not compiled yet in "
-                                   f"this version (binder `{node.binder}`)", node.span,
-                                   "the program is well-typed; hypergradients for decision binders arrive in a later version")
+    refuse_stochastic_inner(cp, choices)  # decision binders: the inner problem must be deterministic (for now)
 
 
 def _stochastic(choice: EstimatorChoice) -> bool:
     """An expectation estimated by sampling (not `enum`)."""
     from vrlang.estimators.expectation import EnumEstimate
-    return choice.plan is not None and not isinstance(choice.plan, EnumEstimate)
+    return choice.kind == "random" and choice.plan is not None and not isinstance(choice.plan, EnumEstimate)

@@ -146,15 +146,31 @@ class Interpreter:
         def cast(z):
             return z.astype(jnp.int32) if int_sample else _as_float(z)
 
-        def body(z):
-            return _as_float(self.eval(node.body, env.bind(node.binder, z)))
+        def body(z, j=None):
+            # sample j gets its own key, so that random choices nested in the body are independent
+            # across the samples of this one (as ev_sum does per item)
+            key = None if env.key is None or j is None else jax.random.fold_in(env.key, j)
+            return _as_float(self.eval(node.body, env.bind(node.binder, z, key)))
 
         key = None if env.key is None else jax.random.fold_in(env.key, binder_salt(node.binder))
         return plan.surrogate(dist.name, q, body, key, cast)
 
     def ev_decision(self, node: N.Decision, env: Env):
-        raise VrEstimatorError("E390", f"{node.op}(...) (binder `{node.binder}`) is not compiled yet in this version",
-                               node.span, "bilevel binders are parsed and type-checked; hypergradients arrive with issue 5")
+        # the plan (vrlang.estimators.bilevel: Implicit or Unroll) solves the inner problem and gives its gradient
+        plan = env.plans.get(node.binder)
+        if plan is None:  # the driver always chooses one; the runtime used alone may not
+            raise VrEstimatorError("E390", f"no hypergradient method for the decision binder `{node.binder}`",
+                                   node.span)
+        shape = tuple(env.dim(d) for d in node.var_type.shape)
+        init = jnp.zeros(shape, jnp.result_type(float)) if node.init is None else \
+            jnp.broadcast_to(_as_float(self.eval(node.init, env)), shape)
+        # the inner objective is evaluated exactly (key=None): stochastic inner problems are refused at compile time
+        inner = Env(env.params, env.data, env.consts, env.dims, None, env.samplers, env.vars, env.plans)
+
+        def objective(v):
+            return _as_float(self.eval(node.body, inner.bind(node.binder, v)))
+
+        return plan.decide(node.op, objective, init)
 
     def ev_dist(self, node, env):  # pragma: no cover - only reached through ev_expect
         raise VrEstimatorError("E390", "distributions are not compiled yet", node.span)

@@ -77,7 +77,7 @@ class ReparamEstimate(eqx.Module):
     def surrogate(self, name, dist, body, key, cast):
         key, k = _eval_key_and_count(key, self.samples)
         z = dist.rsample(key, (k,))
-        return jnp.mean(jax.vmap(body)(cast(z)), axis=0)
+        return jnp.mean(jax.vmap(body)(cast(z), jnp.arange(k)), axis=0)
 
 
 class ScoreEstimate(eqx.Module):
@@ -87,7 +87,7 @@ class ScoreEstimate(eqx.Module):
     def surrogate(self, name, dist, body, key, cast):
         key, k = _eval_key_and_count(key, self.samples)
         z = jax.lax.stop_gradient(dist.sample(key, (k,)))
-        f = jax.vmap(body)(cast(z))
+        f = jax.vmap(body)(cast(z), jnp.arange(k))
         logq = _sum_batch(dist.log_prob(z), 1)
         fs = jax.lax.stop_gradient(f)
         if self.baseline == "none":
@@ -99,7 +99,7 @@ class ScoreEstimate(eqx.Module):
         elif self.baseline == "group_norm":
             adv = (fs - jnp.mean(fs, axis=0, keepdims=True)) / (jnp.std(fs, axis=0, keepdims=True) + 1e-8)
         elif self.baseline == "greedy":
-            b = jax.lax.stop_gradient(body(cast(mode(name, dist))))
+            b = jax.lax.stop_gradient(body(cast(mode(name, dist)), k))  # own key: index k
             adv = fs - b
         else:  # pragma: no cover - the transform refuses other names
             raise ValueError(self.baseline)
@@ -114,7 +114,7 @@ class EnumEstimate(eqx.Module):
         else:  # Categorical
             support = jnp.arange(dist.probs.shape[-1], dtype=jnp.int32)
         p = jnp.exp(dist.log_prob(support))
-        vals = jax.vmap(body)(cast(support))
+        vals = jax.vmap(body)(cast(support), jnp.arange(support.shape[0]))
         w = p.reshape(p.shape + (1,) * (vals.ndim - 1))
         return jnp.sum(w * vals, axis=0)
 
@@ -126,10 +126,14 @@ class ImportanceEstimate(eqx.Module):
 
     def surrogate(self, name, dist, body, key, cast):
         key, k = _eval_key_and_count(key, self.samples)
-        z = jax.lax.stop_gradient(self.proposal.sample(key, (k,)))
-        logw = _sum_batch(dist.log_prob(z), 1) - jax.lax.stop_gradient(_sum_batch(self.proposal.log_prob(z), 1))
+        prop = self.proposal
+        shape = jax.lax.broadcast_shapes(tuple(prop.batch_shape), tuple(dist.batch_shape))
+        if tuple(prop.batch_shape) != shape:  # a scalar proposal for an array-valued choice
+            prop = prop.expand(shape)
+        z = jax.lax.stop_gradient(prop.sample(key, (k,)))
+        logw = _sum_batch(dist.log_prob(z), 1) - jax.lax.stop_gradient(_sum_batch(prop.log_prob(z), 1))
         w = jnp.exp(logw)
-        f = jax.vmap(body)(cast(z))
+        f = jax.vmap(body)(cast(z), jnp.arange(k))
         if self.self_normalized:
             w = w / jnp.sum(w) * k
         return _weighted_mean(w, f)

@@ -17,6 +17,16 @@ program whose sampled sums enter the objective linearly.
   probability ``p`` after each step (Kovalev, Horvath & Richtarik, ALT 2020).  Unbiased.
 * :class:`SAGAGradient` -- a table of the last per-item gradients as control variate
   (Defazio, Bach & Lacoste-Julien, NeurIPS 2014).  Unbiased.
+* :class:`SAGAGLMGradient` -- SAGA for a generalised linear model body
+  :math:`h_j(w) = c\\,\\phi_j(\\langle x_j, w\\rangle) + \\rho(w)`: the table holds one scalar per item
+  (the loss derivative at the margin), ``O(n)`` memory instead of ``O(n d)`` (Schmidt, Le Roux
+  & Bach 2017, §4; Defazio et al. 2014).  Unbiased.
+
+Importance sampling: every estimator draws through the objective's samplers, so
+``sampling = weights(...)``/``lipschitz`` (:class:`~vrlang.estimators.sampling.ImportanceSampler`,
+weights :math:`1/(b p_j)`) keeps :math:`E_\\xi F(w;\\xi) = f(w)` and every estimator above
+its bias status; SAGA, which draws its own indices, takes the sampler as a field and
+reweights its correction by :math:`1/(n p_j)` (see :class:`SAGAGradient`).
 * :class:`SARAHGradient`, :class:`SPIDERGradient`, :class:`PAGEGradient` -- recursive
   estimators :math:`v_t = \\nabla F(w_t;\\xi_t) - \\nabla F(w_{t-1};\\xi_t) + v_{t-1}`,
   restarted from a (large-batch or full) gradient (Nguyen et al. 2017; Fang et al. 2018;
@@ -32,11 +42,14 @@ shapes or loop lengths (``epoch``, ``period``, ``batch``, ``n``) are static.
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 
 from vrlang.estimators.base import AbstractGradientEstimator, CompiledObjective
+from vrlang.estimators.sampling import UniformSampler
 
 
 class FullGradient(AbstractGradientEstimator):
@@ -157,18 +170,23 @@ class SAGAGradient(AbstractGradientEstimator):
     :math:`\frac1n \sum_j h_j = f`, and a table :math:`T` of past per-item gradients:
 
     .. math::
-        v_t = \frac1b \sum_{k=1}^b \big(\nabla h_{j_k}(w_t) - T[j_k]\big) + \frac1n \sum_{i=1}^n T[i],
+        v_t = \sum_{k=1}^b \frac{\omega_k}{n} \big(\nabla h_{j_k}(w_t) - T[j_k]\big) + \frac1n \sum_{i=1}^n T[i],
         \qquad T[j_k] \leftarrow \nabla h_{j_k}(w_t),
 
-    with :math:`j_1..j_b` uniform with replacement.  Unbiased for any table:
-    :math:`E_j[\nabla h_j(w) - T[j]] = \nabla f(w) - \frac1n\sum_i T[i]`.  Note that
-    :math:`\frac1b\sum_k \nabla h_{j_k}(w) = \nabla F(w;\xi)`, so the first term costs one
-    minibatch gradient (``b`` per-item gradients, vmapped).
+    with :math:`(j_k, \omega_k)` from the sampler: uniform with replacement,
+    :math:`\omega_k = n/b` (the classical :math:`\frac1b\sum_k`), or importance sampling
+    from :math:`p`, :math:`\omega_k = 1/(b p_{j_k})`, i.e. each correction reweighted by
+    :math:`1/(n p_j)`.  Unbiased for any table and any :math:`p > 0`:
+    :math:`E\big[\sum_k \frac{\omega_k}{n} (\nabla h_{j_k} - T[j_k])\big] = \frac1n \sum_j
+    (\nabla h_j(w) - T[j]) = \nabla f(w) - \frac1n\sum_i T[i]` (the sampler's contract
+    :math:`E[\sum_k \omega_k g(j_k)] = \sum_i g(i)`).  With importance sampling the table
+    mean is still the plain mean (it is the control variate's exact expectation).
 
     Memory: the table holds ``n`` copies of the gradient (``O(n d)``); it is initialised
     with the ``n`` per-item gradients at the initial params (``lax.map`` in chunks of
     ``init_chunk``).  The table mean is updated incrementally (duplicates in a minibatch
-    counted once).  Requires exactly one sampled sum (of ``n`` items).
+    counted once).  Requires exactly one sampled sum (of ``n`` items).  For a generalised
+    linear model body the compiler uses :class:`SAGAGLMGradient` (``n`` scalars).
     """
 
     objective: CompiledObjective  # must provide ``at`` (fn_at)
@@ -177,6 +195,7 @@ class SAGAGradient(AbstractGradientEstimator):
     evals_per_step: float = eqx.field(static=True)
     steps_per_epoch: int = eqx.field(static=True)
     init_chunk: int = eqx.field(static=True, default=256)
+    sampler: Any = None  # UniformSampler(batch) when None; an ImportanceSampler reweights by 1/(n p_j)
 
     def item_grad(self, params, j):
         """:math:`\\nabla h_j(w)` for one item index ``j`` (a scalar int)."""
@@ -191,12 +210,16 @@ class SAGAGradient(AbstractGradientEstimator):
 
     def estimate(self, params, state, key):
         n, b = self.n, self.batch
-        idx = jax.random.randint(key, (b,), 0, n, dtype=jnp.int32)
+        idx, wts = _draw(self.sampler, b, key, n)
         new = jax.vmap(lambda j: self.item_grad(params, j))(idx)
         old = _combine(lambda t: t[idx], state.table)
-        grads = _combine(lambda nw, od, m: jnp.mean(nw - od, axis=0) + m, new, old, state.mean)
-        # the incremental mean update counts each distinct index once
-        first = ~jnp.any(jnp.tril(idx[:, None] == idx[None, :], k=-1), axis=1)
+        if wts is None:  # uniform: (1/b) sum_k
+            grads = _combine(lambda nw, od, m: jnp.mean(nw - od, axis=0) + m, new, old, state.mean)
+        else:  # sum_k (w_k / n) (.), w_k = 1 / (b p_{j_k})
+            c = wts / n
+            grads = _combine(lambda nw, od, m: jnp.tensordot(c.astype(nw.dtype), nw - od, axes=1) + m,
+                             new, old, state.mean)
+        first = _first_occurrence(idx)
 
         def upd_mean(m, nw, od):
             w = first.astype(nw.dtype).reshape((b,) + (1,) * (nw.ndim - 1))
@@ -205,6 +228,105 @@ class SAGAGradient(AbstractGradientEstimator):
         mean = _combine(upd_mean, state.mean, new, old)
         table = _combine(lambda t, nw: t.at[idx].set(nw), state.table, new)
         return grads, SAGAState(table, mean)
+
+
+def _draw(sampler, b, key, n):
+    """SAGA's indices: ``(idx, None)`` for uniform sampling (the classical draw), else ``(idx, weights)``."""
+    if sampler is None or isinstance(sampler, UniformSampler):
+        return jax.random.randint(key, (b,), 0, n, dtype=jnp.int32), None
+    return sampler.sample(key, n)
+
+
+def _first_occurrence(idx):
+    """The incremental mean update counts each distinct index of a minibatch once."""
+    return ~jnp.any(jnp.tril(idx[:, None] == idx[None, :], k=-1), axis=1)
+
+
+class SAGAGLMState(eqx.Module):
+    table: jax.Array  # (n,): s_j, the derivative of h_j in its margin at the last visit of item j
+    mean: dict  # (1/n) sum_j s_j grad m_j, shaped like the params
+
+
+class SAGAGLMGradient(AbstractGradientEstimator):
+    r"""SAGA with a scalar table, for a generalised linear model body (Schmidt, Le Roux & Bach,
+    "Minimizing finite sums with the stochastic average gradient", Math. Prog. 2017, §4;
+    Defazio, Bach & Lacoste-Julien, NeurIPS 2014, §4 "implementation").
+
+    When the per-item functions are :math:`h_j(\theta) = H_j(\theta, m_j(\theta))` with a
+    margin :math:`m_j(\theta) = \langle x_j, w\rangle` linear in the params and
+    :math:`\partial_\theta H_j(\theta, m) = \nabla\rho(\theta)` the same for every item (the
+    i-independent part: a regulariser), their gradients are
+
+    .. math::  \nabla h_j(\theta) = s_j(\theta)\, \nabla m_j + \nabla \rho(\theta), \qquad
+               s_j(\theta) = \partial_m H_j(\theta, m_j(\theta)) = c\,\phi_j'(m_j(\theta)),
+
+    so the table stores the scalars :math:`s_j` (``n`` numbers, not ``n`` gradients):
+
+    .. math::
+        v_t = \sum_{k=1}^b \frac{\omega_k}{n} \big(s_{j_k}(\theta_t) - S[j_k]\big) \nabla m_{j_k}
+              + \frac1n \sum_{i} S[i]\, \nabla m_i + \nabla\rho(\theta_t), \qquad S[j_k] \leftarrow s_{j_k}(\theta_t).
+
+    Unbiased for any table and sampler (:math:`E[\sum_k \omega_k g(j_k)] = \sum_i g(i)`):
+    :math:`E v_t = \frac1n \sum_j s_j(\theta_t) \nabla m_j + \nabla\rho(\theta_t) = \nabla f(\theta_t)`.
+    It equals :class:`SAGAGradient` when :math:`\rho` is absent, and on the first step; with a
+    regulariser it differs only in keeping :math:`\nabla\rho` exact (current) instead of
+    stale in the table -- the usual "just-in-time" treatment of the regulariser.  The mean
+    :math:`\frac1n\sum_i S[i]\nabla m_i` is kept incrementally; sums
+    :math:`\sum_k a_k \nabla m_{j_k}` are one vector-Jacobian product of the margins
+    (``X[idx]^T a``), never a per-item gradient.
+
+    ``margin(params, data, consts, j)`` returns :math:`m_j` (``j`` in ``[0, n)``) and
+    ``frozen(params, m, data, consts, j)`` returns :math:`H_j(\theta, m)` -- :math:`h_j` with its
+    margin replaced by the scalar ``m`` (the compiler builds both from the IR,
+    :mod:`vrlang.backend.structured`).  Cost: ``b`` margins and scalar derivatives per step
+    plus one gradient of :math:`\rho`; memory ``n`` scalars + one copy of the params.
+    """
+
+    objective: CompiledObjective
+    n: int = eqx.field(static=True)
+    batch: int = eqx.field(static=True)
+    evals_per_step: float = eqx.field(static=True)
+    steps_per_epoch: int = eqx.field(static=True)
+    margin: Callable = eqx.field(static=True)
+    frozen: Callable = eqx.field(static=True)
+    sampler: Any = None
+
+    def _margins(self, params, idx):
+        d, c = self.objective.data, self.objective.consts
+        return jax.vmap(lambda j: self.margin(params, d, c, j))(idx)
+
+    def _slopes(self, params, m, idx):
+        d, c = self.objective.data, self.objective.consts
+        ds = jax.grad(self.frozen, argnums=1)
+        return jax.vmap(lambda mk, j: ds(params, mk, d, c, j))(m, idx)
+
+    def _pull(self, params, idx):
+        """``a -> sum_k a_k grad m_{j_k}`` (linear; the margins are linear in the params)."""
+        _, vjp = jax.vjp(lambda p: self._margins(p, idx), params)
+        return lambda a: vjp(a)[0]
+
+    def init(self, params, key):
+        idx = jnp.arange(self.n, dtype=jnp.int32)
+        m = self._margins(params, idx)
+        s = self._slopes(params, m, idx)
+        mean = self._pull(params, idx)(s / self.n)
+        return SAGAGLMState(s, mean)
+
+    def estimate(self, params, state, key):
+        n, b = self.n, self.batch
+        idx, wts = _draw(self.sampler, b, key, n)
+        m = self._margins(params, idx)
+        s_new = self._slopes(params, m, idx)
+        s_old = state.table[idx]
+        d, c = self.objective.data, self.objective.consts
+        g_rho = jax.grad(self.frozen)(params, m[0], d, c, idx[0])  # the same for every item
+        pull = self._pull(params, idx)
+        coef = (1.0 / b) if wts is None else wts / n
+        corr = pull((coef * (s_new - s_old)).astype(s_new.dtype))
+        grads = _combine(lambda a, mu, r: a + mu + r, corr, state.mean, g_rho)
+        first = _first_occurrence(idx).astype(s_new.dtype)
+        mean = _combine(lambda mu, dm: mu + dm, state.mean, pull(first * (s_new - s_old) / n))
+        return grads, SAGAGLMState(state.table.at[idx].set(s_new), mean)
 
 
 # ------------------------------------------------------------- recursive (SARAH family)

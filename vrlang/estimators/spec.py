@@ -30,7 +30,33 @@ class Spec:
 
 
 def _show(v) -> str:
+    if isinstance(v, ast.Expr):
+        return unparse(v)
     return str(v) if not isinstance(v, float) else f"{v:g}"
+
+
+def unparse(e: ast.Expr) -> str:
+    """Source text of an expression argument such as ``weights(norm(X[i]))`` (for messages)."""
+    if isinstance(e, ast.Number):
+        return f"{e.value:g}" if isinstance(e.value, float) else str(e.value)
+    if isinstance(e, ast.Name):
+        return e.id
+    if isinstance(e, ast.Unary):
+        return f"{e.op}{' ' if e.op == 'not' else ''}{_atom(e.operand)}"
+    if isinstance(e, ast.Binary):
+        return f"{_atom(e.left)} {e.op} {_atom(e.right)}"
+    if isinstance(e, ast.Call):
+        parts = [unparse(a) for a in e.args] + [f"{k.name} = {unparse(k.value)}" for k in e.kwargs]
+        return f"{e.func}({', '.join(parts)})"
+    if isinstance(e, ast.Index):
+        return f"{_atom(e.base)}[{', '.join(':' if isinstance(i, ast.SliceAll) else unparse(i) for i in e.indices)}]"
+    if isinstance(e, ast.Vector):
+        return "[" + ", ".join(unparse(i) for i in e.items) + "]"
+    return "<expression>"
+
+
+def _atom(e: ast.Expr) -> str:
+    return f"({unparse(e)})" if isinstance(e, (ast.Binary, ast.Unary)) else unparse(e)
 
 
 def _value(e: ast.Expr):
@@ -44,8 +70,10 @@ def _value(e: ast.Expr):
         return Spec(e.id, {}, e.span)
     if isinstance(e, ast.Call):
         from vrlang.check.distributions import DISTRIBUTIONS
-        if e.func in DISTRIBUTIONS:
-            return e  # a distribution (e.g. a proposal); the estimator that takes it checks it
+        if e.func in DISTRIBUTIONS or e.args:
+            # a distribution (a proposal) or a call with positional arguments (`ema(0.9)`,
+            # `weights(expr)`): the estimator that takes it checks it
+            return e
         return to_spec(e)
     return e  # an expression (e.g. weights(expr)); the estimator that takes it checks it
 

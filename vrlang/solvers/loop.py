@@ -113,7 +113,7 @@ def _solve(problem, u0, key, lr, hyper, limits, token, solver, memory, capacity)
 
     def measure(u):
         obj, g = jax.value_and_grad(problem.solver_objective)(u)
-        gnorm = optax.global_norm(g)
+        gnorm = optax.tree.norm(g)
         reps = problem.reports.value(problem.to_params(u)) if n_rep else jnp.zeros((0,), fdt)
         return problem.sign * obj, gnorm, reps
 

@@ -56,11 +56,15 @@ class Score(Transform):
         check_args(spec, {"samples": "", "baseline": ""}, "estimator")
         k = _samples(spec)
         b = spec.args.get("baseline", Spec("none", {}))
-        bname = b.name if isinstance(b, Spec) else None
+        # a Spec (`loo`, `ema(decay = 0.9)`) or a call with positional arguments (`ema(0.9)`)
+        bname = b.name if isinstance(b, Spec) else (b.func if isinstance(b, ast.Call) else None)
         if bname in PLANNED_BASELINES:
             raise VrEstimatorError("E391", f"the baseline `{bname}` is not available yet in this version",
                                    spec.arg_spans.get("baseline") or spec.span, f"available: {', '.join(BASELINES)}")
-        if bname not in BASELINES or (isinstance(b, Spec) and b.args):
+        if bname in BASELINES and ((isinstance(b, Spec) and b.args) or isinstance(b, ast.Call)):
+            raise VrEstimatorError("E306", f"baseline `{bname}` takes no arguments",
+                                   spec.arg_spans.get("baseline") or spec.span, f"write baseline = {bname}")
+        if bname not in BASELINES:
             raise VrEstimatorError("E306", f"unknown baseline `{bname or b}`",
                                    spec.arg_spans.get("baseline") or spec.span, f"baselines: {', '.join(BASELINES)}")
         if bname in ("loo", "mean", "group_norm") and k < 2:
