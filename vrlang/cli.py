@@ -126,13 +126,26 @@ def print_warnings(prog) -> None:
         _err(w.render())
 
 
-def _compile(args):
+def _compile(args, stub_externs: bool = False):
     import vrlang
 
+    externs = None
+    if stub_externs:  # check/explain: externs are Python functions the command line cannot supply
+        from vrlang.program import front_end
+
+        externs = {name: _unsupplied(name) for name in front_end(args.file)[3].externs}
     prog = vrlang.compile(args.file, consts=dict(args.consts) or None, estimators=dict(args.estimators) or None,
-                          solver=args.solver, x64=args.x64)
+                          solver=args.solver, x64=args.x64, externs=externs)
     print_warnings(prog)
     return prog
+
+
+def _unsupplied(name: str):
+    def fn(*_):
+        from vrlang.errors import VrEstimatorError
+        raise VrEstimatorError("E310", f"extern `{name}` is not supplied on the command line",
+                               None, f"pass externs={{'{name}': fn}} to vrlang.compile")
+    return fn
 
 
 def _load_data(prog, path: str | None):
@@ -213,14 +226,14 @@ def cmd_run(args, argv) -> int:
 
 
 def cmd_check(args, argv) -> int:
-    prog = _compile(args)
+    prog = _compile(args, stub_externs=True)
     nw = len(prog.warnings)
     print(f"ok: {args.file} ({counts(prog)})" + (f", {_plural(nw, 'warning')}" if nw else ""), flush=True)
     return EXIT_OK
 
 
 def cmd_explain(args, argv) -> int:
-    prog = _compile(args)
+    prog = _compile(args, stub_externs=True)
     print(prog.explain(args.stage), flush=True)
     return EXIT_OK
 

@@ -2,8 +2,10 @@
 
 Each estimator turns the expectation into a *surrogate*: a scalar (or array) whose value
 is a Monte Carlo estimate of the expectation and whose JAX gradient is the estimator's
-gradient.  ``body(z)`` evaluates ``f`` (vmapped over samples); ``dist`` is the numpyro
-distribution ``q_theta`` with its parameters traced.
+gradient.  ``body(z, j)`` evaluates ``f`` at the sample ``z`` (vmapped over samples);
+``j`` is the sample's index, from which the random choices nested in ``f`` get their own
+key (so they are independent across samples).  ``dist`` is the numpyro distribution
+``q_theta`` with its parameters traced.  Log-probabilities go through :func:`log_prob`.
 
 * :class:`ReparamEstimate` -- pathwise (Kingma & Welling 2014; Rezende et al. 2014):
   :math:`z_k = g_\\theta(\\epsilon_k)`, surrogate :math:`\\frac1K\\sum_k f(z_k)`.  Unbiased.
@@ -43,6 +45,22 @@ def _sum_batch(logp, n_sample_dims: int):
     """Sum the log-probability over the batch axes: one random choice = the whole array."""
     axes = tuple(range(n_sample_dims, logp.ndim))
     return jnp.sum(logp, axis=axes) if axes else logp
+
+
+def log_prob(dist, z):
+    """``dist.log_prob(z)``, except for ``Bernoulli(logits = l)``.
+
+    numpyro's ``BernoulliLogits.log_prob`` (a stable formula with ``clip`` and ``abs``) has
+    a wrong derivative at ``l == 0`` -- the kinks of ``clip`` and ``abs`` -- giving
+    d/dl log p(1) = 1 and d/dl log p(0) = 0 instead of 1/2 and -1/2; a param's default
+    initial value is 0, so a first step would be biased.  ``log_sigmoid`` is smooth.
+    """
+    import numpyro.distributions as nd
+
+    if isinstance(dist, nd.BernoulliLogits):
+        lg = dist.logits
+        return jnp.where(z == 1, jax.nn.log_sigmoid(lg), jax.nn.log_sigmoid(-lg))
+    return dist.log_prob(z)
 
 
 def _eval_key_and_count(key, samples: int):
@@ -88,7 +106,7 @@ class ScoreEstimate(eqx.Module):
         key, k = _eval_key_and_count(key, self.samples)
         z = jax.lax.stop_gradient(dist.sample(key, (k,)))
         f = jax.vmap(body)(cast(z), jnp.arange(k))
-        logq = _sum_batch(dist.log_prob(z), 1)
+        logq = _sum_batch(log_prob(dist, z), 1)
         fs = jax.lax.stop_gradient(f)
         if self.baseline == "none":
             adv = fs
@@ -113,7 +131,7 @@ class EnumEstimate(eqx.Module):
             support = jnp.arange(2, dtype=jnp.int32)
         else:  # Categorical
             support = jnp.arange(dist.probs.shape[-1], dtype=jnp.int32)
-        p = jnp.exp(dist.log_prob(support))
+        p = jnp.exp(log_prob(dist, support))
         vals = jax.vmap(body)(cast(support), jnp.arange(support.shape[0]))
         w = p.reshape(p.shape + (1,) * (vals.ndim - 1))
         return jnp.sum(w * vals, axis=0)
@@ -131,7 +149,7 @@ class ImportanceEstimate(eqx.Module):
         if tuple(prop.batch_shape) != shape:  # a scalar proposal for an array-valued choice
             prop = prop.expand(shape)
         z = jax.lax.stop_gradient(prop.sample(key, (k,)))
-        logw = _sum_batch(dist.log_prob(z), 1) - jax.lax.stop_gradient(_sum_batch(prop.log_prob(z), 1))
+        logw = _sum_batch(log_prob(dist, z), 1) - jax.lax.stop_gradient(_sum_batch(log_prob(prop, z), 1))
         w = jnp.exp(logw)
         f = jax.vmap(body)(cast(z), jnp.arange(k))
         if self.self_normalized:
