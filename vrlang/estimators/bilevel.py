@@ -235,7 +235,7 @@ class CG(_LinearSolver):
 
 
 class Neumann(_LinearSolver):
-    """``alpha * sum_{k<iters} (I - alpha H)^k b`` (``iters - 1`` HVPs); ``alpha = 1/L`` by power iteration by default."""
+    """``alpha * sum_{k<iters} (I - alpha H)^k b`` (``iters - 1`` HVPs); default ``alpha = 1/L`` (power iteration)."""
 
     iters: int = eqx.field(static=True, default=100)
     alpha: float | None = eqx.field(static=True, default=None)
