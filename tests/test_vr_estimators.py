@@ -279,7 +279,7 @@ def test_refusals():
     assert e.value.code == "E301" and "large_batch" in e.value.render()
     with pytest.raises(VrEstimatorError) as e:
         vrlang.compile(LSQ, estimators={"i": "sarah(sampling = lipschitz)"})
-    assert e.value.code == "E392"
+    assert e.value.code == "E396"  # the intercept `b` enters outside dot(X[i], w): not a GLM, no L_i
     prog = vrlang.compile(TWO_SUMS, estimators={"i": "lsvrg(p = 0.1)", "j": "lsvrg(p = 0.2)"})
     with pytest.raises(VrEstimatorError, match="differs") as e:
         prog.gradient_estimator(_data("lsq"))

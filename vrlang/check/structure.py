@@ -189,15 +189,18 @@ def _same(new, old) -> bool:
     return new is old
 
 
-def render(node: N.Node) -> str:
+def render(node: N.Node, depth: int = 0) -> str:
     """A compact source-like rendering of an IR node (for messages and ``explain``)."""
+    if depth > 12:  # bounded (shared `let`s could make the text exponential)
+        return "..."
+    depth += 1
     if isinstance(node, N.Lit):
         v = node.value
         return f"{v:g}" if isinstance(v, float) else str(v)
     if isinstance(node, N.Ref):
         return "m" if node.name == MARGIN else node.name
     if isinstance(node, N.Op):
-        args = [render(a) for a in node.args]
+        args = [render(a, depth) for a in node.args]
         if node.op == "neg":
             return f"-{_paren(node.args[0], args[0])}"
         if node.op == "not":
@@ -208,18 +211,18 @@ def render(node: N.Node) -> str:
         extra = [str(s) for s in node.static]
         return f"{name}({', '.join(args + extra)})"
     if isinstance(node, N.Index):
-        items = ", ".join(":" if i is None else render(i) for i in node.items)
-        return f"{_paren(node.base, render(node.base))}[{items}]"
+        items = ", ".join(":" if i is None else render(i, depth) for i in node.items)
+        return f"{_paren(node.base, render(node.base, depth))}[{items}]"
     if isinstance(node, N.Vector):
-        return "[" + ", ".join(render(i) for i in node.items) + "]"
+        return "[" + ", ".join(render(i, depth) for i in node.items) + "]"
     if isinstance(node, N.ExternCall):
-        return f"{node.name}({', '.join(render(a) for a in node.args)})"
+        return f"{node.name}({', '.join(render(a, depth) for a in node.args)})"
     if isinstance(node, N.Sum):
-        return f"{'mean' if node.mean else 'sum'}({node.binder} in {node.lo}..{node.hi}: {render(node.body)})"
+        return f"{'mean' if node.mean else 'sum'}({node.binder} in {node.lo}..{node.hi}: {render(node.body, depth)})"
     if isinstance(node, N.Expect):
-        return f"E({node.binder} ~ {node.dist.name}(...): {render(node.body)})"
+        return f"E({node.binder} ~ {node.dist.name}(...): {render(node.body, depth)})"
     if isinstance(node, N.Decision):
-        return f"{node.op}({node.binder} in {node.var_type}: {render(node.body)})"
+        return f"{node.op}({node.binder} in {node.var_type}: {render(node.body, depth)})"
     return type(node).__name__
 
 
@@ -293,13 +296,21 @@ def analyse_body(node: N.Sum) -> GLM | NotGLM:
         return bool(p), (i in v or MARGIN in v)
 
     regs: list = []
+    seen: dict = {}
 
     def bad(n):
+        if id(n) in seen:  # a shared `let`: checked once
+            return seen[id(n)]
+        seen[id(n)] = out = _bad(n)
+        return out
+
+    def _bad(n):
         has_p, has_i = deps(n)
         if not has_p:
             return None
         if not has_i:
-            regs.append(n)
+            if all(r is not n for r in regs):
+                regs.append(n)
             return None
         if isinstance(n, N.Op):
             if n.op in ("add", "sub") and len(n.args) == 2:
@@ -324,22 +335,29 @@ def analyse_body(node: N.Sum) -> GLM | NotGLM:
     return GLM(i, node, margin, feature, param, len(occ), tuple(regs), frozen)
 
 
-def _affine(node: N.Node, target: N.Node, cmemo: dict, fmemo: dict):
+def _affine(node: N.Node, target: N.Node, cmemo: dict, fmemo: dict, seen: dict | None = None):
     """None when ``node`` is affine in ``target`` with param-free coefficients, else the offending node."""
+    seen = {} if seen is None else seen
+    if id(node) not in seen:
+        seen[id(node)] = _affine1(node, target, cmemo, fmemo, seen)
+    return seen[id(node)]
+
+
+def _affine1(node, target, cmemo, fmemo, seen):
     if node is target or not _contains(node, target, cmemo):
         return None
     if isinstance(node, N.Op):
         a = node.args
         if node.op in ("add", "sub") and len(a) == 2:
-            return _affine(a[0], target, cmemo, fmemo) or _affine(a[1], target, cmemo, fmemo)
+            return _affine(a[0], target, cmemo, fmemo, seen) or _affine(a[1], target, cmemo, fmemo, seen)
         if node.op == "neg":
-            return _affine(a[0], target, cmemo, fmemo)
+            return _affine(a[0], target, cmemo, fmemo, seen)
         if node.op == "mul" and len(a) == 2:
             for c, o in ((a[0], a[1]), (a[1], a[0])):
                 if not _contains(c, target, cmemo) and not free(c, fmemo)[0]:
-                    return _affine(o, target, cmemo, fmemo)
+                    return _affine(o, target, cmemo, fmemo, seen)
         if node.op == "div" and len(a) == 2 and not _contains(a[1], target, cmemo) and not free(a[1], fmemo)[0]:
-            return _affine(a[0], target, cmemo, fmemo)
+            return _affine(a[0], target, cmemo, fmemo, seen)
     return node
 
 
@@ -352,7 +370,8 @@ def glm_structure(root: N.Node, binder) -> GLM | NotGLM:
     (node,) = nodes
     for n in N.walk(root):
         if isinstance(n, (N.Expect, N.Decision)):
-            return NotGLM(f"the objective also has the binder `{n.binder}` ({'E' if isinstance(n, N.Expect) else n.op}); "
+            what = "E" if isinstance(n, N.Expect) else n.op
+            return NotGLM(f"the objective also has the binder `{n.binder}` ({what}); "
                           "the structure is detected for objectives whose other binders are finite sums")
     body = analyse_body(node)
     if not body:

@@ -226,7 +226,8 @@ class SAGAGradient(AbstractGradientEstimator):
             return m + jnp.sum(w * (nw - od), axis=0) / n
 
         mean = _combine(upd_mean, state.mean, new, old)
-        table = _combine(lambda t, nw: t.at[idx].set(nw), state.table, new)
+        # where(all(idx >= 0), ...) == new; the scatter must depend on the gather or XLA copies the table
+        table = _combine(lambda t, nw, od: t.at[idx].set(jnp.where(jnp.all(idx >= 0), nw, od)), state.table, new, old)
         return grads, SAGAState(table, mean)
 
 
@@ -326,7 +327,7 @@ class SAGAGLMGradient(AbstractGradientEstimator):
         grads = _combine(lambda a, mu, r: a + mu + r, corr, state.mean, g_rho)
         first = _first_occurrence(idx).astype(s_new.dtype)
         mean = _combine(lambda mu, dm: mu + dm, state.mean, pull(first * (s_new - s_old) / n))
-        return grads, SAGAGLMState(state.table.at[idx].set(s_new), mean)
+        return grads, SAGAGLMState(state.table.at[idx].set(jnp.where(jnp.all(idx >= 0), s_new, s_old)), mean)
 
 
 # ------------------------------------------------------------- recursive (SARAH family)

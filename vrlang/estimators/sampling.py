@@ -29,10 +29,12 @@ A sampler returns indices ``j_1..j_b`` in ``[0, n)`` and weights ``w`` with
   *Exactness.*  The draw is made in integers: the probabilities are quantised to counts
   :math:`c_i = \max(1, \mathrm{round}(2^{30} p_i))` (``c_i = 0`` only where ``p_i = 0``),
   ``cdf`` is their cumulative sum, a draw is ``searchsorted(cdf, u, 'right')`` with ``u``
-  uniform on the integers ``[0, cdf[-1])``, and ``probs = c / cdf[-1]`` are *exactly* the
-  probabilities of that draw -- the weights use these, so the estimator is unbiased for
-  the distribution actually sampled, in float32 as in float64 (a floating-point inverse
-  CDF would bias items with ``p_i`` below the float spacing near 1).  Cost per draw
+  uniform on the integers ``[0, cdf[-1])``, and ``probs = c / cdf[-1]`` are the
+  probabilities of that draw (exactly, up to the ~2^-32 non-uniformity of
+  ``jax.random.randint`` and the rounding of one division) -- the weights use these, so
+  the estimator is unbiased for the distribution actually sampled, in float32 as in
+  float64 (a floating-point inverse CDF would bias items with ``p_i`` below the float
+  spacing near 1).  Cost per draw
   ``O(b log n)``; the arrays are built once per solve, and are array fields (traced): new
   data or new weights never recompile.
 

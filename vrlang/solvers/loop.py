@@ -131,7 +131,7 @@ def _solve(problem, u0, key, lr, hyper, limits, token, solver, memory, capacity)
         good = _finite(u2) & _finite(g)
         u = _select(good, u2, u)
         opt_state = _select(good, opt_state2, opt_state)
-        est_state = _select(good, est_state2, est_state)
+        est_state = est_state2  # unguarded: a bad step ends the solve and the state is discarded (a select copies it)
         return (j + 1, u, opt_state, est_state, key, steps + 1, evals + est.evals_per_step, good)
 
     def epoch_body(c):

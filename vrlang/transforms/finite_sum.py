@@ -159,15 +159,20 @@ class SAGASum(Transform):
     kind, names = "index", ("saga",)
 
     def apply(self, binder, spec, sizes):
-        check_args(spec, {"batch": "", "sampling": ""}, "estimator")
+        check_args(spec, {"batch": "", "sampling": "", "glm": ""}, "estimator")
         b, sampler, stext, sopts = _batch(spec, binder)
         n = sizes[binder.name]
+        glm = spec.args.get("glm", True)
+        if not isinstance(glm, bool):
+            raise VrEstimatorError("E302", f"`glm` of `saga` must be true or false, got `{glm}`",
+                                   spec.arg_spans.get("glm") or spec.span,
+                                   "glm = false keeps the table of gradients even for a GLM body")
         return _annotate(stext, sopts, EstimatorChoice(binder.name, binder.kind, spec, True,
                                f"{b} per step (+ {n} once, to fill the table)",
                                f"a table of {n} per-item gradients ({n} copies of the params) and their mean",
                                "table of the last per-item gradients as control variate "
                                "(Defazio, Bach & Lacoste-Julien 2014)",
-                               sampler, "saga", {"sampling": sopts}))
+                               sampler, "saga", {"sampling": sopts, "glm": glm}))
 
 
 class SARAHSum(Transform):
@@ -274,7 +279,7 @@ def resolve(cp, program_ast, choices: dict, sizes: dict) -> None:
                 f"margin dot(X[{b}], w)); here {glm.reason}", samp.get("span"),
                 f"give the weights yourself: sampling = weights(expr), e.g. weights(sumsq(X[{b}])) for a "
                 f"linear model in X[{b}], or sampling = uniform")
-        if c.family == "saga" and isinstance(glm, GLM):
+        if c.family == "saga" and isinstance(glm, GLM) and c.options.get("glm", True):
             c.options["glm_table"] = True
             c.memory = (f"{sizes[b]} scalars (GLM): the loss derivative at each item's margin, plus the mean "
                         "gradient (one copy of the params)")
@@ -300,7 +305,8 @@ def _check_weights(cp, checker, info: BinderInfo, expr: ast.Expr, span) -> N.Nod
     text = unparse(expr)
     if ir.type.rank != 0 or ir.type.base == "bool":
         raise VrEstimatorError("E395", f"the sampling weights of `{b}` must be one number per item, but "
-                               f"`{text}` is {ir.type}", span, f"e.g. weights(norm(X[{b}])) or weights(abs(y[{b}]) + 1)")
+                               f"`{text}` is {ir.type}", span,
+                               f"e.g. weights(norm(X[{b}])) or weights(abs(y[{b}]) + 1)")
     params, _ = free(ir)
     if params:
         raise VrEstimatorError("E395", f"the sampling weights of `{b}` must not depend on the params: `{text}` uses "
