@@ -30,10 +30,18 @@ def diabetes_split(X, y, n_train: int = 50, seed: int = 0) -> dict:
     return {"Xtr": X[tr], "ytr": y[tr], "Xva": X[va], "yva": y[va]}
 
 
+def unequal_norms(X, y, seed: int = 0) -> dict:
+    """Breast-cancer rows rescaled by factors 10^u, u ~ U(-1, 1): row norms spanning ~100x."""
+    rng = np.random.default_rng(seed)
+    scale = 10.0 ** rng.uniform(-1.0, 1.0, size=X.shape[0])
+    return {"X": X * scale[:, None], "y": y}
+
+
 def main():
     OUT.mkdir(parents=True, exist_ok=True)
     bc = datasets.load_breast_cancer()
     np.savez(OUT / "breast_cancer.npz", X=_standardise(bc.data), y=np.where(bc.target == 1, 1.0, -1.0))
+    np.savez(OUT / "unequal_norms.npz", **unequal_norms(_standardise(bc.data), np.where(bc.target == 1, 1.0, -1.0)))
     db = datasets.load_diabetes()
     y = np.asarray(db.target, dtype=np.float64)
     np.savez(OUT / "diabetes.npz", X=_standardise(db.data), y=(y - y.mean()) / y.std())
