@@ -144,3 +144,22 @@ def test_ridge_report_r2(ridge):
     r2 = 1.0 - np.mean(r * r) / np.mean((y - y.mean()) ** 2)
     assert res.history["r2"][-1] == pytest.approx(r2, rel=1e-10)
     assert res.history["r2"][0] == pytest.approx(1.0 - np.mean(y * y) / np.var(y), abs=1e-12)  # w = 0, b = 0
+
+
+def test_cli_acceptance_command_reaches_the_optimum(logreg, tmp_path):
+    """The issue's acceptance command, as a user types it (float32, the file's own `estimate` statement):
+    `vrlang run examples/logreg.vr --solve "lbfgs(steps = 500)"` -- lbfgs takes every sum exactly (W502)."""
+    import json
+
+    from vrlang.cli import main
+
+    _, _, ref, X, y, lam = logreg
+    out = tmp_path / "out"
+    assert main(["run", str(EXAMPLES / "logreg.vr"), "--solve", "lbfgs(steps = 500)", "--out", str(out),
+                 "--quiet"]) == 0
+    result = json.loads((out / "result.json").read_text())
+    assert result["info"]["estimators"]["i"] == "full"
+    with np.load(out / "params.npz") as z:
+        w = np.asarray(z["w"], np.float64)
+    f_vr = _logreg_f(w, X, y, lam)[0]  # the float32 solution evaluated in float64
+    assert (f_vr - ref.fun) / abs(ref.fun) < 1e-6

@@ -552,18 +552,27 @@ def compile(src: str | os.PathLike, *, consts: Mapping | None = None, externs: M
                 raise VrEstimatorError("E250", f"no binder named `{b}`", None,
                                        "binders: " + (", ".join(cp.binders) or "none"))
             cp.binders[b].spec = parse_spec(s, f"estimate {b}")
-        choices = {}
-        sizes = _symbolic_sizes(cp)
-        for b, info in cp.binders.items():
-            spec = to_spec(info.spec) if info.spec is not None else default(info)
-            choices[b] = choose(info, spec, sizes, {k: c.value for k, c in cp.consts.items()})
-        resolve_finite_sums(cp, prog, choices, sizes)  # weights(expr), GLM structure, lipschitz, SAGA's table
         if solver is not None:
             scfg = solver_config(_spec(solver, "solver"))
         elif cp.solver_spec is not None:
             scfg = solver_config(to_spec(cp.solver_spec))
         else:
             scfg = solver_config(_spec(DEFAULT_SOLVER, "solver"))
+        choices = {}
+        switched: list[VrWarning] = []
+        sizes = _symbolic_sizes(cp)
+        const_values = {k: c.value for k, c in cp.consts.items()}
+        for b, info in cp.binders.items():
+            spec = to_spec(info.spec) if info.spec is not None else default(info)
+            choices[b] = choose(info, spec, sizes, const_values)
+            if (solver is not None and scfg.name == "lbfgs" and info.kind == "index"
+                    and b not in (estimators or {}) and choices[b].sampler is not None):
+                # a deterministic solver asked for from outside the file: the file's minibatching gives way
+                switched.append(VrWarning("W502", f"lbfgs is deterministic: `{b}` is estimated by full instead of "
+                                          f"{spec} (from the program's `estimate` statement)", info.spec_span,
+                                          f"pass estimators={{'{b}': ...}} / --estimate {b}=... to choose otherwise"))
+                choices[b] = choose(info, Spec("full", {}), sizes, const_values)
+        resolve_finite_sums(cp, prog, choices, sizes)  # weights(expr), GLM structure, lipschitz, SAGA's table
         base_consts = {k: c.value for k, c in cp.consts.items()}
         merged = _merge_consts(cp, base_consts, consts)
         externs = dict(externs or {})
@@ -580,7 +589,7 @@ def compile(src: str | os.PathLike, *, consts: Mapping | None = None, externs: M
                                    f"declare it: extern {unknown_ext[0]}(x: real) -> real")
         _refuse_unsupported(cp, choices)
         sampled = {b for b, c in choices.items() if c.sampler is not None or _stochastic(c)}
-        warnings = bias.analyse(cp.objective, sampled, kinds={b: i.kind for b, i in cp.binders.items()})
+        warnings = switched + bias.analyse(cp.objective, sampled, kinds={b: i.kind for b, i in cp.binders.items()})
     except VrError as e:
         raise e.with_source(text, file)
     for w in warnings:
