@@ -111,8 +111,13 @@ def _solve(problem, u0, key, lr, hyper, limits, token, solver, memory, capacity)
         (g,) = vjp(grads_p)
         return jax.tree_util.tree_map(lambda x: problem.sign * x, g)
 
-    def measure(u):
-        obj, g = jax.value_and_grad(problem.solver_objective)(u)
+    # lbfgs runs with deterministic estimators only (the driver refuses others), so its value and
+    # gradient at the current point are the exact ones: reuse those its line search stored in the state
+    value_and_grad = (optax.value_and_grad_from_state(problem.solver_objective) if solver == "lbfgs"
+                      else lambda u, state: jax.value_and_grad(problem.solver_objective)(u))
+
+    def measure(u, opt_state):
+        obj, g = value_and_grad(u, state=opt_state)
         gnorm = optax.tree.norm(g)
         reps = problem.reports.value(problem.to_params(u)) if n_rep else jnp.zeros((0,), fdt)
         return problem.sign * obj, gnorm, reps
@@ -120,12 +125,13 @@ def _solve(problem, u0, key, lr, hyper, limits, token, solver, memory, capacity)
     def step(c):
         j, u, opt_state, est_state, key, steps, evals, ok = c
         key, k = jax.random.split(key)
-        grads_p, est_state2 = est.estimate(problem.to_params(u), est_state, k)
-        g = grad_u(u, grads_p)
         if solver == "lbfgs":
-            value = problem.solver_objective(u)
+            est_state2 = est_state
+            value, g = value_and_grad(u, state=opt_state)
             updates, opt_state2 = opt.update(g, opt_state, u, value=value, grad=g, value_fn=problem.solver_objective)
         else:
+            grads_p, est_state2 = est.estimate(problem.to_params(u), est_state, k)
+            g = grad_u(u, grads_p)
             updates, opt_state2 = opt.update(g, opt_state, u)
         u2 = optax.apply_updates(u, updates)
         good = _finite(u2) & _finite(g)
@@ -141,7 +147,7 @@ def _solve(problem, u0, key, lr, hyper, limits, token, solver, memory, capacity)
             lambda s: (s[0] < spe) & (s[5] < limits["steps"]) & s[7], step, inner)
         _, u, opt_state, est_state, key, steps, evals, ok = inner
         epoch = epoch + 1
-        obj, gnorm, reps = measure(u)
+        obj, gnorm, reps = measure(u, opt_state)
         t = io_callback(_host_tick, jax.ShapeDtypeStruct((), jnp.float32), token, epoch, obj, gnorm)
         finite = jnp.isfinite(obj) & jnp.isfinite(gnorm) & _finite(reps)
         u = _select(finite, u, last_u)
@@ -157,7 +163,7 @@ def _solve(problem, u0, key, lr, hyper, limits, token, solver, memory, capacity)
     key, k0 = jax.random.split(key)
     est_state = est.init(problem.to_params(u0), k0)
     opt_state = opt.init(u0)
-    obj0, gnorm0, reps0 = measure(u0)
+    obj0, gnorm0, reps0 = measure(u0, opt_state)
     t0 = io_callback(_host_tick, jax.ShapeDtypeStruct((), jnp.float32), token, 0, obj0, gnorm0)
     hist = jnp.full((capacity, 4 + n_rep), jnp.nan, fdt)
     hist = hist.at[0].set(jnp.concatenate([jnp.stack([obj0, gnorm0, jnp.zeros((), fdt), t0.astype(fdt)]).astype(fdt),
