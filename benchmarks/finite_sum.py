@@ -820,6 +820,9 @@ def write_report(res: dict, path: Path):
     # ---- targets of issue 3, item 6
     L.append("### Against the issue's targets")
     L.append("")
+    L.append("As measured in this run (vrlang's times exclude compilation and data binding — the `setup` in the "
+             "notes above — while scikit-learn's fit times include its input checks):")
+    L.append("")
     names1 = {"svrg": "SVRG", "saga_glm": "SAGA (GLM table)", "saga": "SAGA (generic table)"}
     for r in p1 or []:
         if "not_run" in r:
