@@ -57,9 +57,9 @@ class Interpreter:
     def __call__(self, node: N.Node, env: Env):
         if self.trace_counter is not None:
             self.trace_counter[0] += 1
-        return self.eval(node, env)
+        return self.evaluate(node, env)
 
-    def eval(self, node: N.Node, env: Env):
+    def evaluate(self, node: N.Node, env: Env):
         return getattr(self, "ev_" + type(node).__name__.lower())(node, env)
 
     def ev_lit(self, node: N.Lit, env):
@@ -77,7 +77,7 @@ class Interpreter:
         return env.vars[node.name]
 
     def ev_op(self, node: N.Op, env: Env):
-        args = [self.eval(a, env) for a in node.args]
+        args = [self.evaluate(a, env) for a in node.args]
         if node.op == "one_hot":
             size = env.dim(node.static[0])
             return jax.nn.one_hot(args[0], size, dtype=jnp.result_type(float))
@@ -92,12 +92,12 @@ class Interpreter:
         return JB.TERNARY[node.op](*args)
 
     def ev_index(self, node: N.Index, env: Env):
-        base = self.eval(node.base, env)
-        idx = tuple(slice(None) if i is None else self.eval(i, env) for i in node.items)
+        base = self.evaluate(node.base, env)
+        idx = tuple(slice(None) if i is None else self.evaluate(i, env) for i in node.items)
         return base[idx]
 
     def ev_vector(self, node: N.Vector, env: Env):
-        items = [self.eval(i, env) for i in node.items]
+        items = [self.evaluate(i, env) for i in node.items]
         if node.type.base == "real":
             items = [_as_float(i) for i in items]
         return jnp.stack(items)
@@ -106,7 +106,7 @@ class Interpreter:
         fn = self.externs.get(node.name)
         if fn is None:  # guarded at compile time; kept for the runtime used without the driver
             raise VrEstimatorError("E310", f"extern `{node.name}` was not supplied", node.span)
-        out = jnp.asarray(fn(*[self.eval(a, env) for a in node.args]))
+        out = jnp.asarray(fn(*[self.evaluate(a, env) for a in node.args]))
         want = tuple(env.dim(d) for d in node.type.shape)
         if out.shape != want:
             raise VrDataError("E413", f"extern `{node.name}` returned shape {out.shape}, declared {want}", node.span)
@@ -120,7 +120,7 @@ class Interpreter:
         def body(i):
             # random choices inside the body get an independent key per item
             key = None if env.key is None else jax.random.fold_in(env.key, i)
-            return self.eval(node.body, env.bind(node.binder, i, key))
+            return self.evaluate(node.body, env.bind(node.binder, i, key))
 
         if sampler is None or env.key is None:
             vals = jax.vmap(body)(jnp.arange(lo, hi, dtype=jnp.int32))
@@ -139,7 +139,7 @@ class Interpreter:
         import numpyro.distributions as nd
 
         dist = node.dist
-        kwargs = {k: _as_float(self.eval(v, env)) for k, v in dist.kwargs}
+        kwargs = {k: _as_float(self.evaluate(v, env)) for k, v in dist.kwargs}
         q = getattr(nd, dist.name)(**kwargs)
         int_sample = node.dist.type.base == "int"
 
@@ -150,7 +150,7 @@ class Interpreter:
             # sample j gets its own key, so that random choices nested in the body are independent
             # across the samples of this one (as ev_sum does per item)
             key = None if env.key is None or j is None else jax.random.fold_in(env.key, j)
-            return _as_float(self.eval(node.body, env.bind(node.binder, z, key)))
+            return _as_float(self.evaluate(node.body, env.bind(node.binder, z, key)))
 
         key = None if env.key is None else jax.random.fold_in(env.key, binder_salt(node.binder))
         return plan.surrogate(dist.name, q, body, key, cast)
@@ -163,12 +163,12 @@ class Interpreter:
                                    node.span)
         shape = tuple(env.dim(d) for d in node.var_type.shape)
         init = jnp.zeros(shape, jnp.result_type(float)) if node.init is None else \
-            jnp.broadcast_to(_as_float(self.eval(node.init, env)), shape)
+            jnp.broadcast_to(_as_float(self.evaluate(node.init, env)), shape)
         # the inner objective is evaluated exactly (key=None): stochastic inner problems are refused at compile time
         inner = Env(env.params, env.data, env.consts, env.dims, None, env.samplers, env.vars, env.plans)
 
         def objective(v):
-            return _as_float(self.eval(node.body, inner.bind(node.binder, v)))
+            return _as_float(self.evaluate(node.body, inner.bind(node.binder, v)))
 
         return plan.decide(node.op, objective, init)
 
