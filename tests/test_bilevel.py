@@ -204,7 +204,9 @@ def test_explain_reports_method_bias_and_cost():
     prog = vrlang.compile(RIDGE, estimators={"v": "implicit(linsolve = cg, iters = 30, inner = sgd(steps = 50))"})
     text = prog.explain()
     assert "implicit differentiation" in text and "<= 30 HVPs" in text and "<= 50 gradients" in text
-    assert "from its `= init` value" in text
+    assert "warm start" in text and "previous step's solution" in text
+    cold = vrlang.compile(RIDGE, estimators={"v": "implicit(warm = false)"})
+    assert "from its `= init` value" in cold.explain() and not cold.choices["v"].plan.stateful
     c = prog.choices["v"]
     assert c.unbiased and "exact up to the inner and linear-solve tolerances" in c.note
     text = vrlang.compile(RIDGE, estimators={"v": "unroll(steps = 7, lr = 0.1)"}).explain()

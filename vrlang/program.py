@@ -28,6 +28,7 @@ from vrlang.check.checker import check
 from vrlang.check.program import CheckedProgram
 from vrlang.errors import VrDataError, VrError, VrEstimatorError, VrTypeError, VrWarning
 from vrlang.estimators.base import CompiledObjective
+from vrlang.estimators.binder_state import StatefulGradient
 from vrlang.estimators.finite_sum import (FullGradient, LSVRGGradient, MinibatchGradient, PAGEGradient,
                                           SAGAGLMGradient, SAGAGradient, SARAHGradient, SPIDERGradient, STORMGradient,
                                           SVRGGradient)
@@ -150,6 +151,13 @@ class Program:
             # importance samplers come bound to the data (their probabilities are traced arrays)
             return interp(root, Env(params, data, consts, dims, key, bind_samplers(samplers, data), plans=plans))
 
+        objective_state = None
+        if any(getattr(p, "stateful", False) for p in plans.values()):
+            def objective_state(params, data, consts, key, memory):
+                env = Env(params, data, consts, dims, key, bind_samplers(samplers, data), plans=plans,
+                          memory=memory, collect={})
+                return interp(root, env), env.collect
+
         sizes = {}
         for b, info in cp.binders.items():
             if info.kind == "index":
@@ -184,22 +192,31 @@ class Program:
         return {"objective": objective, "reports": reports, "exact_evals": exact_evals,
                 "sampled_evals": sampled_evals, "sizes": sizes, "large_objective": large_objective,
                 "large_evals": large_evals, "objective_at": objective_at, "node_sizes": node_sizes,
-                "dims": dims, "structured": structured.lower(cp, self.choices, dims, interp)}
+                "dims": dims, "structured": structured.lower(cp, self.choices, dims, interp),
+                "objective_state": objective_state}
 
     def _objective_module(self, fns, jdata, jconsts) -> CompiledObjective:
         # importance sampling: the weights are evaluated on the data once, here (E430 when unusable)
         jdata = structured.bind_sampling(self.choices, fns["structured"], jdata, jconsts,
                                          self._init_params(fns["dims"]))
-        return CompiledObjective(jdata, jconsts, fns["objective"], fns["exact_evals"], fns.get("objective_at"))
+        return CompiledObjective(jdata, jconsts, fns["objective"], fns["exact_evals"], fns.get("objective_at"),
+                                 fns.get("objective_state"))
 
     def _estimator(self, fns, obj: CompiledObjective):
         families = {c.family for c in self.choices.values() if c.kind == "index"} - {"full"}
+        stateful = obj.fn_state is not None  # warm starts: threaded through the full and sgd families
         if not families:
             if any(_stochastic(c) for c in self.choices.values()):  # sampled expectations: a fresh key per step
+                if stateful:
+                    return StatefulGradient(obj, float(fns["exact_evals"]), 1)
                 return MinibatchGradient(obj, float(fns["exact_evals"]), 1)
+            if stateful:
+                return StatefulGradient(obj, float(fns["exact_evals"]), 1, exact=True)
             return FullGradient(obj, float(fns["exact_evals"]), 1)
         spe = max(1, math.ceil(fns["exact_evals"] / fns["sampled_evals"]))
         if families == {"sgd"}:
+            if stateful:
+                return StatefulGradient(obj, float(fns["sampled_evals"]), spe)
             return MinibatchGradient(obj, float(fns["sampled_evals"]), spe)
         if families == {"svrg"}:
             epochs = {c.options.get("epoch") for c in self.choices.values() if c.family == "svrg"}

@@ -38,13 +38,21 @@ class Env:
     samplers: dict = field(default_factory=dict)
     vars: dict = field(default_factory=dict)
     plans: dict = field(default_factory=dict)  # expectation estimators, by binder
+    # binder state (vrlang.estimators.binder_state): ``memory`` is read (binder -> its state, with a
+    # leading axis per enclosing sum), ``collect`` receives the new state; None = stateless evaluation
+    memory: dict | None = None
+    collect: dict | None = None
 
     def dim(self, d):
         return d if isinstance(d, int) else self.dims[d]
 
     def bind(self, name, value, key=None) -> "Env":
         return Env(self.params, self.data, self.consts, self.dims, self.key if key is None else key, self.samplers,
-                   {**self.vars, name: value}, self.plans)
+                   {**self.vars, name: value}, self.plans, self.memory, self.collect)
+
+    def stateless(self) -> "Env":
+        """The same environment with no binder state (nested bodies whose state is not tracked)."""
+        return Env(self.params, self.data, self.consts, self.dims, self.key, self.samplers, self.vars, self.plans)
 
 
 class Interpreter:
@@ -117,20 +125,52 @@ class Interpreter:
         n = hi - lo
         sampler = env.samplers.get(node.binder)
 
+        tracked = self._tracked(node, env)
+
         def body(i):
             # random choices inside the body get an independent key per item
             key = None if env.key is None else jax.random.fold_in(env.key, i)
-            return self.evaluate(node.body, env.bind(node.binder, i, key))
+            if not tracked:
+                return self.evaluate(node.body, env.bind(node.binder, i, key))
+            # binder state nested in this sum: item i reads its own slice and reports its new state
+            mem = {b: m[i - lo] for b, m in (env.memory or {}).items() if b in tracked}
+            inner = env.bind(node.binder, i, key)
+            inner = Env(inner.params, inner.data, inner.consts, inner.dims, inner.key, inner.samplers, inner.vars,
+                        inner.plans, mem, {})
+            return self.evaluate(node.body, inner), inner.collect
 
-        if sampler is None or env.key is None:
-            vals = jax.vmap(body)(jnp.arange(lo, hi, dtype=jnp.int32))
-            total = jnp.sum(_as_float(vals), axis=0) if node.type.base == "real" else jnp.sum(vals, axis=0)
+        exact = sampler is None or env.key is None
+        if exact:
+            idx = jnp.arange(lo, hi, dtype=jnp.int32)
+            out = jax.vmap(body)(idx)
         else:
             key = jax.random.fold_in(env.key, binder_salt(node.binder))
             idx, weights = sampler.sample(key, n, env)
-            vals = jax.vmap(body)(idx + lo)
+            idx = idx + lo
+            out = jax.vmap(body)(idx)
+        vals = out[0] if tracked else out
+        if tracked:
+            for b, new in out[1].items():
+                old = (env.memory or {}).get(b)
+                if exact:
+                    env.collect[b] = new
+                elif old is not None:  # only the sampled items' state changes
+                    env.collect[b] = old.at[idx - lo].set(new)
+        if exact:
+            total = jnp.sum(_as_float(vals), axis=0) if node.type.base == "real" else jnp.sum(vals, axis=0)
+        else:
             total = jnp.tensordot(weights, _as_float(vals), axes=1)
         return total / n if node.mean else total
+
+    def _tracked(self, node: N.Sum, env: Env) -> frozenset:
+        """The stateful binders nested in this sum's body (empty when the evaluation keeps no state)."""
+        if env.collect is None:
+            return frozenset()
+        found = set()
+        for inner in N.walk(node.body):
+            if isinstance(inner, N.Decision) and getattr(env.plans.get(inner.binder), "stateful", False):
+                found.add(inner.binder)
+        return frozenset(found)
 
     def ev_expect(self, node: N.Expect, env: Env):
         plan = env.plans.get(node.binder)
@@ -150,7 +190,8 @@ class Interpreter:
             # sample j gets its own key, so that random choices nested in the body are independent
             # across the samples of this one (as ev_sum does per item)
             key = None if env.key is None or j is None else jax.random.fold_in(env.key, j)
-            return _as_float(self.evaluate(node.body, env.bind(node.binder, z, key)))
+            # (binder state is not tracked per sample: nested decision binders start cold)
+            return _as_float(self.evaluate(node.body, env.stateless().bind(node.binder, z, key)))
 
         key = None if env.key is None else jax.random.fold_in(env.key, binder_salt(node.binder))
         return plan.surrogate(dist.name, q, body, key, cast)
@@ -170,6 +211,11 @@ class Interpreter:
         def objective(v):
             return _as_float(self.evaluate(node.body, inner.bind(node.binder, v)))
 
+        if env.collect is not None and getattr(plan, "stateful", False):
+            # warm start: the inner solve starts from this binder's last solution (its state)
+            out, state = plan.decide_from(node.op, objective, init, (env.memory or {}).get(node.binder))
+            env.collect[node.binder] = jax.lax.stop_gradient(state)
+            return out
         return plan.decide(node.op, objective, init)
 
     def ev_dist(self, node, env):  # pragma: no cover - only reached through ev_expect

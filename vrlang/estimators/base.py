@@ -37,12 +37,21 @@ class CompiledObjective(eqx.Module):
     # sum's minibatch fixed to the indices ``idx`` (shape ``(b,)``), reweighted ``n / b``
     # (:class:`vrlang.estimators.sampling.FixedIndexSampler`); SAGA needs it.
     fn_at: Callable | None = eqx.field(static=True, default=None)
+    # optional ``fn_state(params, data, consts, key, memory) -> (value, new_memory)``: the objective
+    # with binder state (warm starts; :mod:`vrlang.estimators.binder_state`)
+    fn_state: Callable | None = eqx.field(static=True, default=None)
 
     def value(self, params):
         return self.fn(params, self.data, self.consts, None)
 
     def sample(self, params, key):
         return self.fn(params, self.data, self.consts, key)
+
+    def with_state(self, params, key, memory):
+        """``(value, new_memory)`` with binder state ``memory`` (``None``: every binder from its init)."""
+        if self.fn_state is None:
+            raise ValueError("this CompiledObjective has no binder state (fn_state)")
+        return self.fn_state(params, self.data, self.consts, key, memory)
 
     def at(self, params, idx):
         """``F(w; {idx})``; with one index ``j``, the per-item function ``h_j`` with ``mean_j h_j = f``."""

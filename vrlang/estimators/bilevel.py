@@ -72,8 +72,11 @@ or merely concave inner problems the Danskin gradient may not be a gradient of t
 function and the outer iteration may cycle -- a dedicated min-max solver comes later.
 (With :class:`Unroll`, ``min``/``max`` are differentiated through the unrolled value.)
 
-Each outer step solves the inner problem afresh from ``init`` (no warm start yet: the
-compiled objective is stateless).
+Warm starts: with ``Implicit(warm = True)`` (the DSL's default for ``implicit``) each outer
+step of a stochastic or first-order solve starts the inner solver at the previous step's
+solution, kept as binder state by :mod:`vrlang.estimators.binder_state`; inside a sum over
+blocks each block keeps its own (the blockwise scheme of multi-block bilevel problems).
+Exact evaluations (the logged objective, ``Program.grad``, ``lbfgs``) start from ``init``.
 """
 
 from __future__ import annotations
@@ -281,13 +284,30 @@ def _flat(fn, init, maximize: bool):
 
 
 class Implicit(eqx.Module):
-    """Implicit differentiation at the inner solution (``custom_root``); Danskin for ``min``/``max``."""
+    """Implicit differentiation at the inner solution (``custom_root``); Danskin for ``min``/``max``.
+
+    ``warm``: the inner solve of an outer step starts from the previous step's solution (the
+    binder's state, :mod:`vrlang.estimators.binder_state`) instead of ``init``.  The solution
+    map does not depend on the starting point, so this changes only how many inner steps are
+    needed (a tolerance-stopped inner solver stops early when the outer step was small).
+    """
 
     inner: eqx.Module = GradientDescent()
     linsolve: _LinearSolver = CG()
+    warm: bool = eqx.field(static=True, default=False)
 
-    def solution(self, fn, init, maximize: bool = False):
+    @property
+    def stateful(self) -> bool:
+        return self.warm
+
+    def _solve(self, fn, init, maximize, start=None):
         h, x0, unravel = _flat(fn, init, maximize)
+        if start is not None:
+            x0 = jax.lax.stop_gradient(ravel_pytree(start)[0].astype(x0.dtype))
+        return h, x0, unravel
+
+    def solution(self, fn, init, maximize: bool = False, start=None):
+        h, x0, unravel = self._solve(fn, init, maximize, start)
         inner = self.inner
 
         def solve(_root_fn, x):
@@ -296,15 +316,26 @@ class Implicit(eqx.Module):
         x = jax.lax.custom_root(jax.grad(h), x0, solve, self.linsolve)
         return unravel(x)
 
-    def value(self, fn, init, maximize: bool = False):
-        h, x0, unravel = _flat(fn, init, maximize)
-        x = jax.lax.stop_gradient(self.inner.minimize(h, x0))
-        return fn(unravel(x))
+    def value(self, fn, init, maximize: bool = False, start=None):
+        return self._value(fn, init, maximize, start)[0]
+
+    def _value(self, fn, init, maximize, start):
+        h, x0, unravel = self._solve(fn, init, maximize, start)
+        v = unravel(jax.lax.stop_gradient(self.inner.minimize(h, x0)))
+        return fn(v), v
 
     def decide(self, op: str, fn, init):
         """``op`` in argmin/argmax (the solution) or min/max (the optimal value)."""
+        return self.decide_from(op, fn, init, None)[0]
+
+    def decide_from(self, op: str, fn, init, start):
+        """As :meth:`decide`, with the inner solve started at ``start`` (``None``: at ``init``);
+        returns ``(result, solution)`` -- the solution is the next step's ``start``."""
         maximize = op in ("argmax", "max")
-        return self.solution(fn, init, maximize) if op in ("argmin", "argmax") else self.value(fn, init, maximize)
+        if op in ("argmin", "argmax"):
+            v = self.solution(fn, init, maximize, start)
+            return v, v
+        return self._value(fn, init, maximize, start)
 
 
 class Unroll(eqx.Module):

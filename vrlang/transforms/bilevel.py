@@ -1,6 +1,6 @@
 """Decision binders (``argmin``/``argmax``/``min``/``max``): ``implicit`` and ``unroll``.
 
-``implicit(linsolve = cg | neumann | direct, iters = k, inner = SOLVER)`` (the default) and
+``implicit(linsolve = cg | neumann | direct, iters = k, inner = SOLVER, warm = true)`` (the default) and
 ``unroll(steps = k, lr = c | auto)``; the runtime pieces are in
 :mod:`vrlang.estimators.bilevel`.  Inner solvers: ``sgd(lr = c | auto, steps = k, tol = t)``
 (gradient descent with a fixed step: the inner objective is evaluated exactly) and
@@ -27,6 +27,8 @@ INNER_PLANNED = ("svrg", "saga", "lsvrg", "adam")  # stochastic / other inner so
 DEFAULT_INNER = Spec("lbfgs", {"steps": 100})
 DEFAULT_ITERS = 100
 NO_WARM_START = "each outer step solves the inner problem afresh from its `= init` value (default 0; no warm start)"
+WARM_START = ("warm start: each step of an sgd/adam solve starts the inner solver at the previous step's solution "
+              "(one per block inside a sum; exact evaluations and lbfgs start at `= init`)")
 
 
 def _ops(binder: BinderInfo) -> set[str]:
@@ -67,7 +69,11 @@ class ImplicitDecision(Transform):
     kind, names = "decision", ("implicit",)
 
     def apply(self, binder, spec, sizes):
-        check_args(spec, {"linsolve": "", "iters": "", "inner": "", "tol": "", "alpha": ""}, "estimator")
+        check_args(spec, {"linsolve": "", "iters": "", "inner": "", "tol": "", "alpha": "", "warm": ""}, "estimator")
+        warm = spec.args.get("warm", True)
+        if not isinstance(warm, bool):
+            raise VrEstimatorError("E302", f"`warm` of `implicit` must be true or false, got `{warm}`",
+                                   spec.arg_spans.get("warm") or spec.span)
         ls = spec.args.get("linsolve", Spec("cg", {}))
         ls_span = spec.arg_spans.get("linsolve") or spec.span
         if not isinstance(ls, Spec) or ls.args or ls.name not in LINSOLVES:
@@ -98,16 +104,17 @@ class ImplicitDecision(Transform):
             lin_text = "dense solve of the materialised inner Hessian (jacfwd: dim v HVPs)"
             lin_cost = "dim v HVPs + an O((dim v)^3) dense solve"
         inner_cost = _inner_cost(inner)
+        start = WARM_START if warm else NO_WARM_START
         ops = _ops(binder)
         values_only = ops <= {"min", "max"}
         if values_only:
             note = (f"value function by Danskin's theorem: grad = d/dx g(v*, x) at v* = stop_gradient(inner "
-                    f"solution), no linear solve; inner: {inner_text}; {NO_WARM_START}")
+                    f"solution), no linear solve; inner: {inner_text}; {start}")
             cost = f"per outer step: {inner_cost} of the inner objective"
         else:
             note = (f"implicit differentiation (custom_root): grad = d_x f - d2_xv g [d2_vv g]^-1 d_v f at the inner "
                     f"solution, exact up to the inner and linear-solve tolerances; inner: {inner_text}; "
-                    f"linear solve: {lin_text}; {NO_WARM_START}")
+                    f"linear solve: {lin_text}; {start}")
             if ops & {"min", "max"}:
                 note += "; min/max instances: Danskin's theorem (no linear solve)"
             cost = (f"per outer step: {inner_cost} of the inner objective + {lin_cost} (1 HVP ~ 2 gradients) in "
@@ -117,7 +124,7 @@ class ImplicitDecision(Transform):
                   + (" + the dense (dim v)^2 Hessian" if ls.name == "direct" and not values_only else "")
                   + "; no tape of the inner iterations")
         return EstimatorChoice(binder.name, binder.kind, spec, True, cost, memory, note,
-                               family="full", plan=Implicit(inner, lin))
+                               family="full", plan=Implicit(inner, lin, warm))
 
 
 def _inner_cost(inner) -> str:
