@@ -148,6 +148,7 @@ TOY_UNBIASED = [
     "score(samples = 1, baseline = none)",
     "score(samples = 4, baseline = loo)",
     "score(samples = 2, baseline = greedy)",
+    "score(samples = 1, baseline = ema(0.9))",
     "enum",
     "importance(proposal = Bernoulli(probs = 0.5), samples = 1)",
     "importance(proposal = Bernoulli(probs = 0.3), samples = 3)",
@@ -169,6 +170,7 @@ GAUSS_UNBIASED = [
     "score(samples = 1)",
     "score(samples = 4, baseline = loo)",
     "score(samples = 2, baseline = greedy)",
+    "score(samples = 2, baseline = ema(decay = 0.5))",
     "importance(proposal = Normal(0, 2), samples = 1)",
 ]
 
@@ -499,7 +501,34 @@ def test_bias_warning_for_sampled_expectation_inside_log():
 # ------------------------------------------------------------------------ solve
 
 
-@pytest.mark.parametrize("spec", ["enum", "score(samples = 4, baseline = loo)"])
+@_x64
+def test_ema_baseline_state_formula_and_refusal():
+    """The ema state starts at the exact evaluation's mean of f and moves by b <- d b + (1 - d) mean_k f;
+    the single-draw gradient is (f(z) - b) d/dt log q(z).  With svrg on a surrounding sum: E395."""
+    prog = vrlang.compile(TOY, x64=True, estimators={"b": "score(samples = 1, baseline = ema(decay = 0.75))"})
+    est = prog.gradient_estimator()
+    p = {"t": jnp.asarray(T0)}
+    state = est.init(p, 0)
+    q = float(jax.nn.sigmoid(T0))
+    # 256 fixed-key evaluation samples: their mean of f lies between f(0) and f(1)
+    assert 0.45 ** 2 < float(state["b"]) < 0.55 ** 2
+    state = {"b": jnp.asarray(0.25)}
+    for seed in range(6):
+        key = jax.random.PRNGKey(seed)
+        g, new = est.module.estimate(p, state, key)
+        z = float(jax.random.bernoulli(jax.random.fold_in(key, binder_salt("b")), q, (1,))[0])
+        f = (z - 0.45) ** 2
+        dlogq = (1 - q) if z == 1 else -q
+        np.testing.assert_allclose(float(g["t"]), (f - 0.25) * dlogq, rtol=1e-10)
+        np.testing.assert_allclose(float(new["b"]), 0.75 * 0.25 + 0.25 * f, rtol=1e-12)
+    src = "data x: real[n]\nparam t: real = 0\nminimize mean(i in 0..n: E(b ~ Bernoulli(logits = t + x[i]): b))\n"
+    with pytest.raises(VrEstimatorError) as e:
+        vrlang.compile(src, estimators={"b": "score(baseline = ema)", "i": "svrg(batch = 2)"}).solve(
+            {"x": np.zeros(4)})
+    assert e.value.code == "E395"
+
+
+@pytest.mark.parametrize("spec", ["enum", "score(samples = 4, baseline = loo)", "score(baseline = ema(0.9))"])
 def test_solve_bernoulli_toy(spec):
     """f(1) = 0.3025 > f(0) = 0.2025: minimising drives p(b = 1) to 0; maximising, to 1."""
     src = TOY.replace("= 0.3", "= 0")

@@ -214,6 +214,13 @@ class Program:
                 return StatefulGradient(obj, float(fns["exact_evals"]), 1, exact=True)
             return FullGradient(obj, float(fns["exact_evals"]), 1)
         spe = max(1, math.ceil(fns["exact_evals"] / fns["sampled_evals"]))
+        needs = [b for b, c in self.choices.items() if getattr(c.plan, "requires_state", False)]
+        if needs and families != {"sgd"}:
+            c = self.choices[needs[0]]
+            raise VrEstimatorError("E395", f"`{c.spec}` on `{needs[0]}` keeps state between steps, which this version "
+                                   f"threads through the full and sgd estimators only (here: "
+                                   f"{', '.join(sorted(families))})", c.spec.span,
+                                   "estimate the sums around it by sgd or full, or use baseline = loo")
         if families == {"sgd"}:
             if stateful:
                 return StatefulGradient(obj, float(fns["sampled_evals"]), spe)

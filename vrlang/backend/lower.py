@@ -168,7 +168,7 @@ class Interpreter:
             return frozenset()
         found = set()
         for inner in N.walk(node.body):
-            if isinstance(inner, N.Decision) and getattr(env.plans.get(inner.binder), "stateful", False):
+            if isinstance(inner, (N.Decision, N.Expect)) and getattr(env.plans.get(inner.binder), "stateful", False):
                 found.add(inner.binder)
         return frozenset(found)
 
@@ -194,6 +194,10 @@ class Interpreter:
             return _as_float(self.evaluate(node.body, env.stateless().bind(node.binder, z, key)))
 
         key = None if env.key is None else jax.random.fold_in(env.key, binder_salt(node.binder))
+        if env.collect is not None and getattr(plan, "stateful", False):  # e.g. an ema baseline
+            out, state = plan.surrogate_from(dist.name, q, body, key, cast, (env.memory or {}).get(node.binder))
+            env.collect[node.binder] = jax.lax.stop_gradient(state)
+            return out
         return plan.surrogate(dist.name, q, body, key, cast)
 
     def ev_decision(self, node: N.Decision, env: Env):

@@ -125,6 +125,42 @@ class ScoreEstimate(eqx.Module):
         return jnp.mean(f, axis=0) + _weighted_mean(score, adv)
 
 
+class EMAScoreEstimate(eqx.Module):
+    r"""REINFORCE with an exponential-moving-average baseline (Williams 1992, §7 "reinforcement
+    comparison"; Mnih & Gregor 2014 use a running mean as one of their baselines).
+
+    The baseline :math:`b_t` is a running mean of past values of :math:`f`, kept as binder
+    state (:mod:`vrlang.estimators.binder_state`): the surrogate at step :math:`t` uses
+    :math:`b_t` and returns :math:`b_{t+1} = \beta b_t + (1 - \beta)\frac1K\sum_k f(z_k)`.
+    Unbiased: :math:`b_t` depends only on earlier steps' samples, never on :math:`z_k`, so
+    :math:`E[(f(z_k) - b_t)\nabla\log q(z_k)] = E[f\nabla\log q]`.  The state has the shape of
+    :math:`f` (one baseline per element of an array-valued body); inside a sum over data each
+    item keeps its own.  Before the first step (an exact evaluation) the state is that
+    evaluation's mean of :math:`f`.
+    """
+
+    samples: int = eqx.field(static=True)
+    decay: float = eqx.field(static=True)
+
+    stateful = True
+    requires_state = True  # without state the baseline would silently be 0
+
+    def surrogate(self, name, dist, body, key, cast):
+        return self.surrogate_from(name, dist, body, key, cast, None)[0]
+
+    def surrogate_from(self, name, dist, body, key, cast, state):
+        key, k = _eval_key_and_count(key, self.samples)
+        z = jax.lax.stop_gradient(dist.sample(key, (k,)))
+        f = jax.vmap(body)(cast(z), jnp.arange(k))
+        logq = _sum_batch(log_prob(dist, z), 1)
+        fs = jax.lax.stop_gradient(f)
+        mean_f = jnp.mean(fs, axis=0)
+        b = jnp.zeros_like(mean_f) if state is None else state
+        score = logq - jax.lax.stop_gradient(logq)
+        new = mean_f if state is None else self.decay * state + (1 - self.decay) * mean_f
+        return jnp.mean(f, axis=0) + _weighted_mean(score, fs - b[None]), new
+
+
 class EnumEstimate(eqx.Module):
     def surrogate(self, name, dist, body, key, cast):
         if name == "Bernoulli":

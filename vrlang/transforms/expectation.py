@@ -14,14 +14,15 @@ import numpy as np
 from vrlang.check.distributions import DISTRIBUTIONS
 from vrlang.check.program import BinderInfo
 from vrlang.errors import VrEstimatorError
-from vrlang.estimators.expectation import (GREEDY_FAMILIES, EnumEstimate, ImportanceEstimate, ReparamEstimate,
-                                           ScoreEstimate)
+from vrlang.estimators.expectation import (GREEDY_FAMILIES, EMAScoreEstimate, EnumEstimate, ImportanceEstimate,
+                                           ReparamEstimate, ScoreEstimate)
 from vrlang.estimators.spec import Spec, check_args, number
 from vrlang.syntax import ast
 from vrlang.transforms.base import EstimatorChoice, Transform
 
 BASELINES = ("none", "loo", "mean", "group_norm", "greedy")
-PLANNED_BASELINES = ("ema", "optimal")
+PLANNED_BASELINES = ("optimal",)
+DEFAULT_EMA_DECAY = 0.9
 
 
 def _dist_name(binder: BinderInfo) -> str:
@@ -58,15 +59,17 @@ class Score(Transform):
         b = spec.args.get("baseline", Spec("none", {}))
         # a Spec (`loo`, `ema(decay = 0.9)`) or a call with positional arguments (`ema(0.9)`)
         bname = b.name if isinstance(b, Spec) else (b.func if isinstance(b, ast.Call) else None)
+        if bname == "ema":
+            return _ema(binder, spec, b, k)
         if bname in PLANNED_BASELINES:
             raise VrEstimatorError("E391", f"the baseline `{bname}` is not available yet in this version",
-                                   spec.arg_spans.get("baseline") or spec.span, f"available: {', '.join(BASELINES)}")
+                                   spec.arg_spans.get("baseline") or spec.span, f"available: {', '.join(BASELINES + ('ema',))}")
         if bname in BASELINES and ((isinstance(b, Spec) and b.args) or isinstance(b, ast.Call)):
             raise VrEstimatorError("E306", f"baseline `{bname}` takes no arguments",
                                    spec.arg_spans.get("baseline") or spec.span, f"write baseline = {bname}")
         if bname not in BASELINES:
             raise VrEstimatorError("E306", f"unknown baseline `{bname or b}`",
-                                   spec.arg_spans.get("baseline") or spec.span, f"baselines: {', '.join(BASELINES)}")
+                                   spec.arg_spans.get("baseline") or spec.span, f"baselines: {', '.join(BASELINES + ('ema',))}")
         if bname in ("loo", "mean", "group_norm") and k < 2:
             raise VrEstimatorError("E307", f"baseline `{bname}` needs samples >= 2 (it compares samples with each "
                                    "other)", spec.span, f"write score(samples = 4, baseline = {bname})")
@@ -86,6 +89,33 @@ class Score(Transform):
         return EstimatorChoice(binder.name, binder.kind, spec, unbiased, f"{k} body evaluation{'s' * (k > 1)} per step"
                                + (" + 1 at the mode" if bname == "greedy" else ""), "none", note,
                                plan=ScoreEstimate(k, bname))
+
+
+def _ema(binder, spec: Spec, b, k: int) -> EstimatorChoice:
+    """``baseline = ema``, ``ema(0.9)`` or ``ema(decay = 0.9)``: a running mean of f as the baseline."""
+    span = spec.arg_spans.get("baseline") or spec.span
+    if isinstance(b, ast.Call):
+        if len(b.args) > 1 or any(kw.name != "decay" for kw in b.kwargs) or (b.args and b.kwargs):
+            raise VrEstimatorError("E306", "baseline `ema` takes one argument, the decay: ema(0.9) or ema(decay = 0.9)",
+                                   span)
+        arg = b.args[0] if b.args else b.kwargs[0].value
+        val = arg.value if isinstance(arg, ast.Number) else None
+        if isinstance(arg, ast.Unary) and arg.op == "-" and isinstance(arg.operand, ast.Number):
+            val = -arg.operand.value
+        decay = val
+    else:
+        decay = b.args.get("decay", DEFAULT_EMA_DECAY) if isinstance(b, Spec) else DEFAULT_EMA_DECAY
+        if isinstance(b, Spec) and set(b.args) - {"decay"}:
+            raise VrEstimatorError("E306", "baseline `ema` takes one argument, the decay: ema(decay = 0.9)", span)
+    if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 <= decay < 1:
+        raise VrEstimatorError("E306", f"the decay of `ema` must be a number in [0, 1), got {decay}", span,
+                               "e.g. baseline = ema(0.9)")
+    note = (f"REINFORCE with an exponential-moving-average baseline b (decay {decay:g}), kept in estimator state: "
+            f"b <- {decay:g} b + {1 - decay:g} mean_k f(z_k) after each step; unbiased (b depends on earlier steps "
+            "only); needs a first-order solve with the full or sgd family on the sums around it")
+    return EstimatorChoice(binder.name, binder.kind, spec, True, f"{k} body evaluation{'s' * (k > 1)} per step",
+                           "one running mean per element of the body (per item inside a sum)", note,
+                           plan=EMAScoreEstimate(k, float(decay)))
 
 
 class Enum(Transform):
