@@ -92,9 +92,13 @@ class Interpreter:
         return JB.TERNARY[node.op](*args)
 
     def ev_index(self, node: N.Index, env: Env):
-        base = self.evaluate(node.base, env)
-        idx = tuple(slice(None) if i is None else self.evaluate(i, env) for i in node.items)
-        return base[idx]
+        row = env.vars.get((_ROW, id(node)))
+        if row is not None:  # `X[i, ...]` inside an exact sum over i: the row is vmapped in (see ev_sum)
+            base, items = row, node.items[1:]
+        else:
+            base, items = self.evaluate(node.base, env), node.items
+        idx = tuple(slice(None) if i is None else self.evaluate(i, env) for i in items)
+        return base[idx] if idx else base
 
     def ev_vector(self, node: N.Vector, env: Env):
         items = [self.evaluate(i, env) for i in node.items]
@@ -123,7 +127,17 @@ class Interpreter:
             return self.evaluate(node.body, env.bind(node.binder, i, key))
 
         if sampler is None or env.key is None:
-            vals = jax.vmap(body)(jnp.arange(lo, hi, dtype=jnp.int32))
+            # exact: `X[i]` of a data/const/param array is read as a row of the slice X[lo:hi] mapped over
+            # with i, not gathered at iota indices (a full copy of X per evaluation; XLA keeps the gather)
+            rows = {(_ROW, id(ix)): self.evaluate(ix.base, env)[lo:hi] for ix in self._row_indexes(node)
+                    if _rows_fit(ix, env, hi)}
+
+            def body_rows(i, r):
+                e = env.bind(node.binder, i, None if env.key is None else jax.random.fold_in(env.key, i))
+                e.vars.update(r)
+                return self.evaluate(node.body, e)
+
+            vals = jax.vmap(body_rows)(jnp.arange(lo, hi, dtype=jnp.int32), rows)
             total = jnp.sum(_as_float(vals), axis=0) if node.type.base == "real" else jnp.sum(vals, axis=0)
         else:
             key = jax.random.fold_in(env.key, binder_salt(node.binder))
@@ -131,6 +145,16 @@ class Interpreter:
             vals = jax.vmap(body)(idx + lo)
             total = jnp.tensordot(weights, _as_float(vals), axes=1)
         return total / n if node.mean else total
+
+    def _row_indexes(self, node: N.Sum) -> tuple:
+        """The ``Index`` nodes of the body whose first item is the binder and whose base is a data/const/param."""
+        cache = self.__dict__.setdefault("_rows_cache", {})
+        if id(node) not in cache:
+            cache[id(node)] = (node, tuple(
+                n for n in N.walk(node.body) if isinstance(n, N.Index) and n.items and isinstance(n.items[0], N.Ref)
+                and n.items[0].kind == "var" and n.items[0].name == node.binder
+                and isinstance(n.base, N.Ref) and n.base.kind in ("data", "const", "param")))
+        return cache[id(node)][1]
 
     def ev_expect(self, node: N.Expect, env: Env):
         plan = env.plans.get(node.binder)
@@ -174,6 +198,16 @@ class Interpreter:
 
     def ev_dist(self, node, env):  # pragma: no cover - only reached through ev_expect
         raise VrEstimatorError("E390", "distributions are not compiled yet", node.span)
+
+
+_ROW = "__row__"  # key of a vmapped row in Env.vars: (_ROW, id(index node))
+
+
+def _rows_fit(ix: N.Index, env: Env, hi: int) -> bool:
+    """The base's leading axis covers the range (otherwise the index is left to ``ev_index``, clipped as before)."""
+    ref = ix.base
+    arr = {"data": env.data, "const": env.consts, "param": env.params}[ref.kind].get(ref.name)
+    return arr is not None and jnp.ndim(arr) >= 1 and jnp.shape(arr)[0] >= hi
 
 
 def _as_float(x):
