@@ -39,7 +39,9 @@ rounded up to ``C * m`` (``C = 16`` chunks when ``draws >= 32``).  The standard 
 the total variance is the batch-means estimate :math:`\mathrm{sd}(T_c)/\sqrt C` over the
 per-chunk unbiased variances :math:`T_c`.  Time per estimate = the wall time of the
 compiled call (compilation excluded; the faster of two calls when one takes under a
-second) / draws: vectorised, so amortised over the draws.
+second) / draws: vectorised, so amortised over the draws.  An estimate that does not
+depend on the key (``enum``: zero variance) would be computed once for all the draws, so
+its time is that of one jitted call instead (``time_single_call``).
 
 Gradients are with respect to the params as declared (constrained values, as
 ``Program.grad`` and ``Program.gradient_estimator`` give them).
@@ -90,7 +92,8 @@ class VarianceRow:
     param_variance: dict[str, float] = field(default_factory=dict)
     param_variance_se: dict[str, float] = field(default_factory=dict)
     mean: dict[str, np.ndarray] = field(default_factory=dict)
-    time_per_estimate: float | None = None  # seconds (vectorised over the draws)
+    time_per_estimate: float | None = None  # seconds (vectorised over the draws, amortised)
+    time_single_call: bool = False  # time_per_estimate is one (non-vectorised) call: a key-independent estimate
     compile_time: float | None = None  # seconds
     bias_z: float | None = None  # max |mean - exact| / SE over coordinates (exact gradient known)
     mean_error: float | None = None  # || mean - exact ||
@@ -123,7 +126,8 @@ class VarianceRow:
                     "param_variance": dict(self.param_variance),
                     "param_variance_se": dict(self.param_variance_se), "mean_grad_norm": self.mean_norm,
                     "mean_grad": {k: np.asarray(v).tolist() for k, v in self.mean.items() if np.size(v) <= ARRAY_LIMIT},
-                    "time_per_estimate_s": self.time_per_estimate, "compile_time_s": self.compile_time,
+                    "time_per_estimate_s": self.time_per_estimate, "time_single_call": self.time_single_call,
+                    "compile_time_s": self.compile_time,
                     "bias_z": self.bias_z, "mean_error": self.mean_error, "note": self.note})
         return out
 
@@ -184,7 +188,8 @@ class VarianceReport:
                      str(r.cost), _num(r.variance), _num(r.variance_se), _num(r.efficiency), _num(r.mean_norm)]
             if self.exact is not None:
                 cells.append(_num(r.bias_z, ".2f"))
-            cells.append(_num(None if r.time_per_estimate is None else 1e6 * r.time_per_estimate, ".3g"))
+            cells.append(_num(None if r.time_per_estimate is None else 1e6 * r.time_per_estimate, ".3g")
+                         + (" †" if r.time_single_call else ""))
             t.add_row(*[Text(c) for c in cells], style=None if r.unbiased else "yellow")
         out: list = [t]
         t.caption = ("* the program's estimator.  cost: component evaluations per estimate.  variance: trace of "
@@ -192,7 +197,8 @@ class VarianceReport:
                      "the variance at a fixed budget of evaluations (lower is better)." +
                      ("  max |z|: max over coordinates of |mean - exact gradient| / SE (> 4 suggests bias)."
                       if self.exact is not None else "") +
-                     "  µs/estimate: vectorised over the draws (amortised).")
+                     "  µs/estimate: vectorised over the draws (amortised); † one jitted call (the estimate "
+                     "does not depend on the key, e.g. enum, so vectorising it over keys would compute it once).")
         t.caption_justify = "left"
         if len(self.params) > 1 and measured:
             pt = Table(title="variance per param", box=box.SIMPLE_HEAD, title_justify="left")
@@ -483,8 +489,20 @@ def _measure(cand: _Candidate, data, consts, params: Mapping, keys, names, offs)
             t2 = time.perf_counter()
             jax.block_until_ready(compiled(obj, p, keys))
             t_run = min(t_run, time.perf_counter() - t2)
-    mu, var, per = (np.asarray(x, np.float64) for x in out)
-    return mu, var, per, t1 - t0, t_run, fns["dims"]
+        mu, var, per = (np.asarray(x, np.float64) for x in out)
+        single = None
+        if not np.any(var > 0):
+            # the estimate does not depend on the key (enum): XLA computes it once for all the draws, so the
+            # vectorised time says nothing; time one jitted estimate instead (fastest of 3 calls)
+            one = jax.jit(lambda o, q, k: _flat(jax.grad(o.sample)(q, k), names)).lower(obj, p, keys[0, 0]).compile()
+            jax.block_until_ready(one(obj, p, keys[0, 0]))
+            single = []
+            for _ in range(3):
+                t2 = time.perf_counter()
+                jax.block_until_ready(one(obj, p, keys[0, 0]))
+                single.append(time.perf_counter() - t2)
+            single = min(single)
+    return mu, var, per, t1 - t0, t_run, single, fns["dims"]
 
 
 def _exact_gradient(prog, data, consts, params, names):
@@ -555,7 +573,7 @@ def estimator_variance(prog, data: Mapping | None = None, params: Mapping | None
         if c.program is None:
             rows.append(VarianceRow(c.binder, c.kind, est, c.chosen, "skipped", reason=c.reason))
             continue
-        mu, var, per, t_compile, t_run, dims_c = _measure(c, data, consts, p0, keys, names, offs)
+        mu, var, per, t_compile, t_run, t_single, dims_c = _measure(c, data, consts, p0, keys, names, offs)
         n = C * m
         var = np.maximum(var, 0.0)
         tot_chunks = per.sum(axis=1)
@@ -566,7 +584,8 @@ def estimator_variance(prog, data: Mapping | None = None, params: Mapping | None
             param_variance={k: float(var[a:b].sum()) for k, (a, b) in zip(names, offs)},
             param_variance_se={k: float(np.std(per[:, j], ddof=1) / math.sqrt(C)) for j, k in enumerate(names)},
             mean={k: mu[a:b].reshape(np.shape(p0[k])) for k, (a, b) in zip(names, offs)},
-            time_per_estimate=t_run / n, compile_time=t_compile)
+            time_per_estimate=t_run / n if t_single is None else t_single, compile_time=t_compile,
+            time_single_call=t_single is not None)
         if exact_flat is not None:
             diff = np.abs(mu - exact_flat)
             se = np.sqrt(var / n)
