@@ -245,6 +245,7 @@ def time_pair(fns: dict, args: dict, calls: int, repeats: int) -> dict:
             wall[name].append((time.perf_counter() - t0) / calls)
             cpu[name].append((time.process_time() - c0) / calls)
     return {k: {"wall_median": float(np.median(wall[k])), "cpu_median": float(np.median(cpu[k])),
+                "wall_min": float(np.min(wall[k])),
                 "wall_all": wall[k], "cpu_all": cpu[k]} for k in fns}
 
 
@@ -295,7 +296,8 @@ def bench_compiled_vs_hand(n, d, K, C, repeats, target_batch_s):
                "times": times, "diag": diag,
                "ratio_wall": times["vrlang"]["wall_median"] / times["hand"]["wall_median"],
                "ratio_cpu": times["vrlang"]["cpu_median"] / times["hand"]["cpu_median"],
-               "ratio_gather_wall": times["vrlang"]["wall_median"] / times["hand_gather"]["wall_median"]}
+               "ratio_gather_wall": times["vrlang"]["wall_median"] / times["hand_gather"]["wall_median"],
+               "ratio_wall_min": times["vrlang"]["wall_min"] / times["hand"]["wall_min"]}
         log(f"  {prob:5s} {spec:45s} vrlang {1e3 * times['vrlang']['wall_median']:8.3f} ms  hand "
             f"{1e3 * times['hand']['wall_median']:8.3f} ms  ratio {row['ratio_wall']:.3f} (cpu {row['ratio_cpu']:.3f}; "
             f"vs hand+gather {row['ratio_gather_wall']:.3f})"
@@ -491,14 +493,15 @@ def write_report(res: dict, path: Path, name: str):
           "hand-written estimator with X and y first read through an iota-indexed gather (`X[iota(n)]`, what a "
           "vmapped `X[i]` compiles to), timed in the same interleaved loop.", "",
           "| problem | estimator | max rel diff | calls × repeats | vrlang ms | hand ms | **wall ratio** | CPU ratio | "
+          "ratio of fastest repeats | "
           "hand + gather ms | vrlang / (hand + gather) | jaxpr eqns (vrlang / hand) | HLO instr. (vrlang / hand) | "
           "HLO dots | HLO gathers |",
-          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in A:
         dv, dh = r["diag"]["vrlang"], r["diag"]["hand"]
         L.append(f"| {r['problem']} | `{r['estimator']}` | {r['max_rel_diff']:.1e} | {r['calls']} × {r['repeats']} | "
                  f"{1e3 * r['times']['vrlang']['wall_median']:.3f} | {1e3 * r['times']['hand']['wall_median']:.3f} | "
-                 f"**{r['ratio_wall']:.3f}** | {r['ratio_cpu']:.3f} | "
+                 f"**{r['ratio_wall']:.3f}** | {r['ratio_cpu']:.3f} | {r['ratio_wall_min']:.3f} | "
                  f"{1e3 * r['times']['hand_gather']['wall_median']:.3f} | {r['ratio_gather_wall']:.3f} | "
                  f"{dv['jaxpr_eqns']} / {dh['jaxpr_eqns']} | {dv['instructions']} / {dh['instructions']} | "
                  f"{dv['dots']} / {dh['dots']} | {dv['gathers']} / {dh['gathers']} |")
@@ -507,9 +510,11 @@ def write_report(res: dict, path: Path, name: str):
           "Data X ~ N(0, 1/d), y linear + noise (seed 0)."]
     L += ["", ANALYSIS]
     worst = max(A, key=lambda r: r["ratio_wall"])
-    L += ["", f"Target ≤ 1.05: {sum(r['ratio_wall'] <= 1.05 for r in A)} of {len(A)} met on wall time, "
-          f"{sum(r['ratio_cpu'] <= 1.05 for r in A)} of {len(A)} on CPU time; the largest wall ratio is "
-          f"{worst['ratio_wall']:.3f} (`{worst['estimator']}` on {worst['problem']})."]
+    L += ["", f"Target ≤ 1.05: {sum(r['ratio_wall'] <= 1.05 for r in A)} of {len(A)} met on wall time (medians), "
+          f"{sum(r['ratio_cpu'] <= 1.05 for r in A)} of {len(A)} on CPU time, "
+          f"{sum(r['ratio_wall_min'] <= 1.05 for r in A)} of {len(A)} on the fastest repeats; the largest median wall "
+          f"ratio is {worst['ratio_wall']:.3f} (`{worst['estimator']}` on {worst['problem']})."]
+    L += ["", REMAINING]
     B = res["elbo"]
     L += ["", "### 2. Gradient variance vs numpyro `TraceGraph_ELBO`", "",
           f"-ELBO of a two-component Gaussian mixture with a per-datum Bernoulli latent: z_i ~ Bernoulli({PRIOR}), "
@@ -567,6 +572,17 @@ ANALYSIS = (
     "finite sum (full gradients, SVRG snapshots), so the finite-sum benchmark may move too.")
 
 
+REMAINING = (
+    "What remains is not a copy of the data: both compiled programs have the same matrix products over the batch "
+    "(HLO dots column) and no gather of X. vrlang's jaxprs are longer (jaxpr eqns column): numpyro distribution "
+    "objects (argument checks, `log_prob` through `take_along_axis` for Categorical), the vmapped body evaluated per "
+    "sample then averaged, and per-item keys (`fold_in`, removed as dead code when unused). These are O(K) or O(1) "
+    "operations, a cost per call that does not grow with n, plus XLA fusing the per-sample sum "
+    "differently (e.g. a two-stage `reduce-window` reduction where `jnp.mean` of the hand-written version is one "
+    "`reduce`). On a 2-core machine shared with other jobs, differences of a few percent are within the spread of "
+    "the repeats (compare the median and fastest-repeat ratios).")
+
+
 def elbo_notes(B) -> str:
     rows = {(r["impl"], r["estimator"]): r for r in B["rows"]}
     ok = all(r["bias_z"] is not None and r["bias_z"] < 4 for r in B["rows"])
@@ -610,7 +626,7 @@ def main(argv=None):
     if args.quick:
         n, d, K, C, repeats, batch_s, elbo_n, draws = 4000, 32, 16, 8, 5, 0.15, 10, 4000
     else:
-        n, d, K, C, repeats, batch_s, elbo_n, draws = 20000, 32, 16, 8, 9, 0.3, 20, 20000
+        n, d, K, C, repeats, batch_s, elbo_n, draws = 20000, 32, 16, 8, 15, 0.3, 20, 20000
     n, d = args.n or n, args.d or d
     info = machine_info()
     log(f"machine: {info['cpu']} / {info['devices']}")
