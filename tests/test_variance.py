@@ -198,7 +198,8 @@ def test_minibatch_variance_matches_finite_population_formula():
     src = ("data X: real[n, d]\ndata y: real[n]\nparam w: real[d] = 0\n"
            "minimize mean(i in 0..n: (dot(X[i], w) - y[i])^2) / 2 + 0.1 * sumsq(w)\n"
            "estimate i by sgd(batch = 1, sampling = weights(norm(X[i])))")
-    rep = vrlang.compile(src, x64=True).estimator_variance(data={"X": X, "y": y}, params={"w": w}, draws=4096)
+    rep = vrlang.compile(src, x64=True).estimator_variance(data={"X": X, "y": y}, params={"w": w}, draws=4096,
+                                                           extra={"i": ["sgd(batch = 2)"]})
     G = (X @ w - y)[:, None] * X + 0.2 * w  # per-item gradients h_i
     g = G.mean(0)
     np.testing.assert_allclose(rep.exact["w"], g, rtol=1e-10)
@@ -206,12 +207,13 @@ def test_minibatch_variance_matches_finite_population_formula():
     p = 0.9 * wts / wts.sum() + 0.1 / n
     reg = 0.2 * w
     want = {"sgd(batch = 1)": np.mean(np.sum((G - g) ** 2, 1)),
+            "sgd(batch = 2)": np.mean(np.sum((G - g) ** 2, 1)) / 2,
             "sgd(batch = 1, sampling = weights(norm(X[i])))":
                 np.sum(p * np.sum(((G - reg) / (n * p[:, None]) + reg - g) ** 2, 1))}
     assert want["sgd(batch = 1, sampling = weights(norm(X[i])))"] < want["sgd(batch = 1)"]
     for est, v in want.items():
         r = rep.row("i", est)
-        assert r.cost == 1 and r.unbiased and r.bias_z < 5
+        assert r.cost == (2 if "batch = 2" in est else 1) and r.unbiased and r.bias_z < 5
         assert abs(r.variance - v) < 5 * r.variance_se, (est, r.variance, v, r.variance_se)
     assert rep.row("i").estimator.startswith("sgd(batch = 1, sampling")
 
@@ -223,6 +225,12 @@ def test_errors():
     with pytest.raises(VrEstimatorError) as e:
         vrlang.compile("param w: real = 0\nminimize (w - 1)^2").estimator_variance(draws=8)
     assert e.value.code == "E397" and "nothing to measure" in e.value.message
+    full = vrlang.compile("data x: real[n]\nparam w: real = 0\nminimize mean(i in 0..n: (x[i] - w)^2)")
+    with pytest.raises(VrEstimatorError) as e:
+        full.estimator_variance(data={"x": np.arange(4.0)}, draws=8)
+    assert e.value.code == "E397" and "sgd(batch = 16)" in e.value.hint
+    rep = full.estimator_variance(data={"x": np.arange(4.0)}, draws=8, extra={"i": ["sgd(batch = 1)"]})
+    assert [r.estimator for r in rep.rows] == ["sgd(batch = 1)"] and rep.rows[0].variance > 0
     prog = vrlang.compile(TOY)
     with pytest.raises(VrEstimatorError) as e:
         prog.estimator_variance(draws=8, binders=["nope"])

@@ -312,7 +312,6 @@ def _default_alternatives(choice) -> list[str]:
 
 
 def _candidates(prog, binders, alternatives: bool, extra: Mapping[str, Sequence[str]]) -> list[_Candidate]:
-    from vrlang.estimators.spec import Spec
     from vrlang.program import _spec
 
     out: list[_Candidate] = []
@@ -342,22 +341,47 @@ def _candidates(prog, binders, alternatives: bool, extra: Mapping[str, Sequence[
                 rows.append(_Candidate(b, "random", spec, False, v, c, unbiased=c.unbiased and not flag,
                                        note=flag))
             out += rows
-        elif choice.kind == "index" and choice.sampler is not None:
-            samp = choice.spec.args.get("sampling")
-            args = {"batch": choice.sampler.batch, **({"sampling": samp} if samp is not None else {})}
-            measured = Spec("sgd", args)
-            note = "" if choice.family == "sgd" else (
-                f"the minibatch gradient of the chosen {choice.spec} (batch {choice.sampler.batch}): the variance "
-                f"its control variate starts from; {choice.spec.name}'s own variance depends on its state "
-                "(snapshot or table) and is not measured here")
-            flag = _flagged(prog, b)
-            out.append(_Candidate(b, "index", measured, True, prog, choice, unbiased=not flag,
-                                  note="; ".join(x for x in (note, flag) if x)))
-            if samp is not None and alternatives:
-                uni = Spec("sgd", {"batch": choice.sampler.batch})
-                v = _variant(prog, {b: uni})
-                out.append(_Candidate(b, "index", uni, False, v, v.choices[b], unbiased=not _flagged(v, b),
-                                      note=_flagged(v, b)))
+        elif choice.kind == "index":
+            out += _index_candidates(prog, b, choice, alternatives, extra.get(b, ()))
+    return out
+
+
+def _index_candidates(prog, b, choice, alternatives: bool, extra_texts) -> list[_Candidate]:
+    """A sampled sum: its minibatch gradient (+ uniform sampling under importance sampling); any sum: ``extra``."""
+    from vrlang.estimators.spec import Spec
+    from vrlang.program import _spec
+
+    out: list[_Candidate] = []
+    if choice.sampler is not None:
+        samp = choice.spec.args.get("sampling")
+        args = {"batch": choice.sampler.batch, **({"sampling": samp} if samp is not None else {})}
+        measured = Spec("sgd", args)
+        note = "" if choice.family == "sgd" else (
+            f"the minibatch gradient of the chosen {choice.spec} (batch {choice.sampler.batch}): the variance "
+            f"its control variate starts from; {choice.spec.name}'s own variance depends on its state "
+            "(snapshot or table) and is not measured here")
+        flag = _flagged(prog, b)
+        out.append(_Candidate(b, "index", measured, True, prog, choice, unbiased=not flag,
+                              note="; ".join(x for x in (note, flag) if x)))
+        if samp is not None and alternatives:
+            uni = Spec("sgd", {"batch": choice.sampler.batch})
+            v = _variant(prog, {b: uni})
+            out.append(_Candidate(b, "index", uni, False, v, v.choices[b], unbiased=not _flagged(v, b),
+                                  note=_flagged(v, b)))
+    for text in extra_texts:
+        try:
+            spec = _spec(text, f"estimate {b}")
+            v = _variant(prog, {b: spec})
+        except VrError as e:
+            out.append(_Candidate(b, "index", text, False, reason=e.message))
+            continue
+        c = v.choices[b]
+        note = "" if c.family in ("sgd", "full") else (
+            f"measured as the minibatch gradient of {c.spec} (batch {c.sampler.batch}); its own variance depends on "
+            "its state and is not measured here")
+        flag = _flagged(v, b)
+        out.append(_Candidate(b, "index", spec, False, v, c, unbiased=not flag,
+                              note="; ".join(x for x in (note, flag) if x)))
     return out
 
 
@@ -532,6 +556,12 @@ def estimator_variance(prog, data: Mapping | None = None, params: Mapping | None
         raise ValueError(f"key must be an integer, got {key!r}")
     extra = dict(extra or {})
     known = [b for b, c in prog.choices.items() if c.kind == "random" or (c.kind == "index" and c.sampler is not None)]
+    for b in list(extra):  # extra estimators: for any random binder or finite sum (e.g. sgd for a `full` sum)
+        if b not in prog.checked.binders:
+            raise VrEstimatorError("E250", f"no binder named `{b}`", None,
+                                   "binders: " + (", ".join(prog.checked.binders) or "none"))
+        if prog.checked.binders[b].kind == "index" and b not in known:
+            known.append(b)
     for b in list(binders or []) + list(extra):
         if b not in prog.checked.binders:
             raise VrEstimatorError("E250", f"no binder named `{b}`", None,
