@@ -6,6 +6,7 @@
                     [--solve SPEC] [--seed N] [--out DIR] [--x64] [--quiet]
     vrlang check FILE     # parse + type/shape + estimator checks; exit 1 with diagnostics
     vrlang explain FILE [--stage ast|ir|transformed]
+    vrlang variance FILE [--data F.npz] [--params F.npz] [--draws N] [--alt BINDER=SPEC]... [--json]
     vrlang repl [FILE]
 
 Exit codes: 0 success (``converged``, ``max_steps``, ``time_limit``); 1 a user's mistake
@@ -66,6 +67,16 @@ def parse_estimate(text: str) -> tuple[str, str]:
     return m.group(1), m.group(2).strip()
 
 
+def _draws(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got `{text}`") from None
+    if n < 4:
+        raise argparse.ArgumentTypeError(f"at least 4 draws are needed, got {n}")
+    return n
+
+
 # ---------------------------------------------------------------------- parser
 
 
@@ -102,6 +113,27 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("file", metavar="FILE")
     e.add_argument("--stage", choices=("ast", "ir", "transformed"), default="transformed")
     compile_options(e)
+
+    v = sub.add_parser("variance", help="empirical variance of the gradient estimate, per binder and estimator",
+                       description="Measure, at the params, the variance of the gradient estimate for each random "
+                                   "or sampled binder, with its estimator and the alternatives that apply "
+                                   "(skipped ones with the reason), their cost and time per estimate.")
+    v.add_argument("file", metavar="FILE")
+    v.add_argument("--data", metavar="F.npz", help="an .npz whose keys are data names (default: the `from` sources)")
+    v.add_argument("--params", metavar="F.npz", help="the params to measure at (e.g. a run's params.npz; "
+                                                     "default: the declared initial values)")
+    compile_options(v)
+    v.add_argument("--draws", type=_draws, default=1000, metavar="N", help="gradient estimates per estimator "
+                   "(default 1000; rounded up to whole chunks)")
+    v.add_argument("--seed", type=int, default=0, metavar="N", help="random seed (default 0)")
+    v.add_argument("--alt", dest="alts", metavar="BINDER=SPEC", action="append", type=parse_estimate, default=[],
+                   help="an extra estimator to compare for a binder, e.g. "
+                        "'z=importance(proposal = Normal(0, 2), samples = 4)'")
+    v.add_argument("--no-alternatives", dest="alternatives", action="store_false",
+                   help="measure the program's own estimators only")
+    v.add_argument("--binder", dest="binders", metavar="BINDER", action="append", default=None,
+                   help="only this binder (repeatable)")
+    v.add_argument("--json", action="store_true", help="print the report as JSON instead of tables")
 
     rp = sub.add_parser("repl", help="interactive exploration (:help inside)")
     rp.add_argument("file", metavar="FILE", nargs="?")
@@ -238,13 +270,43 @@ def cmd_explain(args, argv) -> int:
     return EXIT_OK
 
 
+def cmd_variance(args, argv) -> int:
+    import json
+
+    prog = _compile(args)
+    data = _load_data(prog, args.data)
+    params = None
+    if args.params is not None:
+        from vrlang.data import load_npz
+
+        params = load_npz(args.params)
+    extra: dict = {}
+    for b, spec in args.alts:
+        extra.setdefault(b, []).append(spec)
+    report = prog.estimator_variance(data=data, params=params, draws=args.draws, key=args.seed,
+                                     alternatives=args.alternatives, extra=extra, binders=args.binders)
+    if args.json:
+        out = {**report.to_dict(), "settings": {**_settings(args, argv), "draws": args.draws,
+                                                "params": args.params, "alternatives": args.alternatives,
+                                                "alts": [f"{b}={s}" for b, s in args.alts],
+                                                "binders": args.binders}}
+        print(json.dumps(out, indent=2, allow_nan=False), flush=True)
+        return EXIT_OK
+    from rich.console import Console
+
+    console = Console(file=sys.stdout, highlight=False, width=None if sys.stdout.isatty() else 160)
+    for t in report.tables():
+        console.print(t)
+    return EXIT_OK
+
+
 def cmd_repl(args, argv) -> int:
     from vrlang.repl import Repl
 
     return Repl().run(args.file)
 
 
-COMMANDS = {"run": cmd_run, "check": cmd_check, "explain": cmd_explain, "repl": cmd_repl}
+COMMANDS = {"run": cmd_run, "check": cmd_check, "explain": cmd_explain, "variance": cmd_variance, "repl": cmd_repl}
 
 
 def main(argv: list[str] | None = None) -> int:

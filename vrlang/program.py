@@ -299,6 +299,15 @@ class Program:
             _, fns, jdata, jconsts = self._bind(data, consts)
             return _KeyedEstimator(self._estimator(fns, self._objective_module(fns, jdata, jconsts)), self.x64)
 
+    def estimator_variance(self, data: Mapping | None = None, params: Mapping | None = None, draws: int = 1000,
+                           key: int = 0, alternatives: bool = True, *, consts: Mapping | None = None,
+                           extra: Mapping[str, list] | None = None, binders: list | None = None):
+        """Empirical variance of the gradient estimate, per random/sampled binder, for the chosen estimator
+        and the alternatives that apply (``extra``: more specs per binder); see :mod:`vrlang.variance`."""
+        from vrlang.variance import estimator_variance
+        return estimator_variance(self, data, params, draws, key, alternatives, consts=consts, extra=extra,
+                                  binders=binders)
+
     def objective(self, params: Mapping, data: Mapping | None = None, consts: Mapping | None = None) -> float:
         """The exact objective at ``params`` (every sum exact)."""
         with self._precision():
