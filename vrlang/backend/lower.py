@@ -146,11 +146,12 @@ class Interpreter:
         def cast(z):
             return z.astype(jnp.int32) if int_sample else _as_float(z)
 
-        def body(z, j=None):
+        def body(z, j=None, expr=None):
             # sample j gets its own key, so that random choices nested in the body are independent
-            # across the samples of this one (as ev_sum does per item)
+            # across the samples of this one (as ev_sum does per item); `expr`: another IR node
+            # evaluated at the sample instead of the body (a control variate's g and mean)
             key = None if env.key is None or j is None else jax.random.fold_in(env.key, j)
-            return _as_float(self.evaluate(node.body, env.bind(node.binder, z, key)))
+            return _as_float(self.evaluate(node.body if expr is None else expr, env.bind(node.binder, z, key)))
 
         key = None if env.key is None else jax.random.fold_in(env.key, binder_salt(node.binder))
         return plan.surrogate(dist.name, q, body, key, cast)
