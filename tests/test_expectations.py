@@ -480,7 +480,6 @@ def test_refusals():
     assert e.code == "E307" and "samples = 4" in e.hint
     assert _err(TOY, {"b": "score(samples = 4, baseline = ema(0.9))"}).code == "E391"
     assert _err(TOY, {"b": "score(samples = 4, baseline = ema(decay = 0.9))"}).code == "E391"
-    assert _err(TOY, {"b": "score(samples = 4, baseline = optimal)"}).code == "E391"
     assert _err(TOY, {"b": "score(samples = 4, baseline = loo(2))"}).code == "E306"
     assert _err(TOY, {"b": "score(samples = 4, baseline = median)"}).code == "E306"
     assert _err(TOY, {"b": "importance(proposal = Normal(0, 1))"}).code == "E313"

@@ -36,8 +36,10 @@ The coefficient :math:`c_k` is stop-gradient (a constant of the estimator):
   it saves -- use ``samples >= 8``, or a fixed ``coef``.
 * ``coef = optimal(loo = false)``: the same ratio on all :math:`K` samples, the sample
   itself included.  Then :math:`c` and :math:`g(z_k)` are correlated and
-  :math:`E[c\,(\bar g - m)] = \mathrm{Cov}(\hat c, \bar g) \ne 0` in general: **biased**, by
-  :math:`O(1/K)` (flagged; the compiler warns W303).
+  :math:`E[c\,(\bar g - m)] = \mathrm{Cov}(c, \bar g) \ne 0` in general: **biased**, by an
+  amount that vanishes as :math:`K` grows (flagged; the compiler warns W303).  Measured on
+  ``E(z ~ Normal(0.5, 0.8): z^2 + z)`` with ``g = z`` and ``score(samples = 4, baseline =
+  loo)``: the gradient in the scale is halved (``tests/test_control_variates.py``).
 
 The control-variate method: e.g. Glasserman, *Monte Carlo Methods in Financial
 Engineering* (2003), §4.1; for gradient estimators Mohamed, Rosca, Figurnov & Mnih,
@@ -66,29 +68,40 @@ def _ratio(h, v, mask):
     """``sum (h - hbar) v / sum v^2`` over the samples where ``mask`` (0 where ``sum v^2`` is 0).
 
     The sample covariance of ``h`` and ``v`` over the sample variance of ``v`` about its
-    *known* mean 0 (``v = a (g - m)``): more degrees of freedom than the centred variance,
-    so the ratio has lighter tails with few samples (the centred one is the slope through
-    two points when ``K - 1 = 2``).  Note ``sum (h - hbar) v = sum (h - hbar)(v - vbar)``.
+    *known* mean 0 (``v = a (g - m)``).  That variance has one more degree of freedom than
+    the centred one, so the ratio has lighter tails with few samples (the centred ratio is
+    the slope through two points when ``n = 2``: its variance is infinite), and on average
+    it shrinks the coefficient by about ``(n - 1)/n``, which helps at small ``n``.  Measured
+    against the centred ratio and the ratio of unbiased estimates (``n/(n-1)`` times this)
+    on the tests' Bernoulli and Gaussian cases, it has the lowest or close to the lowest
+    variance for 3 to 16 samples.  Note ``sum (h - hbar) v = sum (h - hbar)(v - vbar)``.
     """
     n = jnp.sum(mask)
-    hb = jnp.sum(mask * h) / n
-    cov = jnp.sum(mask * (h - hb) * v)
+    hm = _expand(mask, h)
+    hb = jnp.sum(hm * h, axis=0) / n
+    cov = jnp.sum(hm * (h - hb) * _expand(v, h), axis=0)
     var = jnp.sum(mask * v * v)
     ok = var > 0
     return jnp.where(ok, cov / jnp.where(ok, var, 1.0), 0.0)
 
 
+def _expand(x, like):
+    """``x`` of shape ``(K,)`` with trailing unit axes, to broadcast against ``like`` of shape ``(K, ...)``."""
+    return x.reshape(x.shape + (1,) * (like.ndim - 1))
+
+
 def optimal_coef(h, v, loo: bool = True):
-    """Per-sample coefficients ``c_k`` (shape ``(K,)``) of ``Cov(h, v)/Var(v)``.
+    """Per-sample coefficients ``c_k`` (shape ``h.shape``) of ``Cov(h, v)/Var(v)``.
 
     ``loo``: ``c_k`` from the samples ``j != k`` only (unbiased); else one coefficient from
-    all ``K`` samples (biased).  ``h``, ``v`` are stop-gradient values, shape ``(K,)``.
+    all ``K`` samples (biased).  ``h`` (shape ``(K, ...)``: an array-valued body gets one
+    coefficient per component) and ``v`` (shape ``(K,)``) are stop-gradient values.
     """
     k = h.shape[0]
     idx = jnp.arange(k)
     if loo:
-        return jax.vmap(lambda kk: _ratio(h, v, (idx != kk).astype(h.dtype)))(idx)
-    return jnp.broadcast_to(_ratio(h, v, jnp.ones_like(h)), (k,))
+        return jax.vmap(lambda kk: _ratio(h, v, (idx != kk).astype(v.dtype)))(idx)
+    return jnp.broadcast_to(_ratio(h, v, jnp.ones_like(v)), h.shape)
 
 
 class CVEstimate(eqx.Module):
@@ -111,11 +124,10 @@ class CVEstimate(eqx.Module):
         return self.inner.samples
 
     def coefficients(self, h, v, body, z0):
-        """``c`` of shape ``(K,)`` (stop-gradient) from the per-sample terms ``h``, ``v``."""
-        k = h.shape[0]
+        """``c`` of shape ``h.shape`` (stop-gradient) from the per-sample terms ``h``, ``v``."""
         if self.coef == "fixed":
             c = jax.lax.stop_gradient(jnp.asarray(body(z0, None, self.value), h.dtype))
-            return jnp.broadcast_to(c, (k,))
+            return jnp.broadcast_to(c, h.shape)
         return jax.lax.stop_gradient(optimal_coef(h, v, loo=self.coef == "loo"))
 
     def surrogate(self, name, dist, body, key, cast):
@@ -135,10 +147,10 @@ class CVEstimate(eqx.Module):
         zc = cast(z)
         f = jax.vmap(body)(zc, idx)
         u = jax.vmap(lambda zz, j: body(zz, j, self.g))(zc, idx) - body(zc[0], None, self.mean)
-        h, v = (f, u) if a is None else (a * f, a * u)
+        h, v = (f, u) if a is None else (_expand(a, f) * f, a * u)
         c = self.coefficients(sg(h), sg(v), body, zc[0])
-        fp = f - c * u
-        out = jnp.mean(fp if a is None else a * fp, axis=0)
+        fp = f - c * _expand(u, f)
+        out = jnp.mean(fp if a is None else _expand(a, f) * fp, axis=0)
         if score:
             f_mode = u_mode = None
             if inner.baseline == "greedy":

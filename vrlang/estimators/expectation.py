@@ -129,7 +129,7 @@ class ScoreEstimate(eqx.Module):
         """Value 0; gradient :math:`\\frac1K\\sum_k (f_k - b_k) \\nabla \\log q(z_k)`, ``fs`` stop-gradient values.
 
         ``control = (c, us, u_mode)`` (from :class:`~vrlang.estimators.control_variate.CVEstimate`):
-        the body is :math:`f - c_k u` for sample ``k`` (``c`` of shape ``(K,)``, ``us`` the
+        the body is :math:`f - c_k u` for sample ``k`` (``c`` of the shape of ``fs``, ``us`` the
         control variate's centred values), and the baseline is the same rule applied to
         that body -- by linearity :math:`b_k[f] - c_k b_k[u]` (``group_norm``, not linear, is
         applied to each sample's own body).  ``phi`` is :func:`dist_params` of ``dist``
@@ -139,12 +139,13 @@ class ScoreEstimate(eqx.Module):
             return _optimal_score_term(phi, z, fs, control)
         adv = _advantage(self.baseline, fs, f_mode)
         if control is not None:
-            c, us, u_mode = control
+            c, us, u_mode = control  # c: fs.shape; us: (K,)
+            ue = us.reshape(us.shape + (1,) * (fs.ndim - 1))
             if self.baseline == "group_norm":
                 k = fs.shape[0]
-                adv = jax.vmap(lambda ck, kk: _advantage("group_norm", fs - ck * us, None)[kk])(c, jnp.arange(k))
+                adv = jax.vmap(lambda ck, kk: _advantage("group_norm", fs - ck * ue, None)[kk])(c, jnp.arange(k))
             else:
-                adv = adv - c * _advantage(self.baseline, us, u_mode)
+                adv = adv - c * _advantage(self.baseline, ue, u_mode)
         logq = _sum_batch(log_prob(dist, z), 1)
         score = logq - jax.lax.stop_gradient(logq)  # value 0, gradient grad log q
         return _weighted_mean(score, adv)

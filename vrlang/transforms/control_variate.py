@@ -6,9 +6,9 @@ estimates :math:`E_q[f] = E_q[f - c (g - m)]` with the inner estimator ``E`` (``
 :mod:`vrlang.estimators.control_variate`.  ``g`` may also be written ``g = expr``.
 
 :class:`ControlVariate` checks the spec (the inner estimator, the coefficient rule, the
-number of samples it needs, a scalar body); :func:`resolve` runs after the transforms, on
-the whole program, and type-checks the expressions ``g``, ``mean`` and a fixed ``coef`` in
-the binder's scope (the binder variable, params, data, consts, lets), as
+number of samples it needs); :func:`resolve` runs after the transforms, on the whole
+program, and type-checks the expressions ``g``, ``mean`` and a fixed ``coef`` in the
+binder's scope (the binder variable, params, data, consts, lets), as
 :func:`vrlang.transforms.finite_sum.resolve` does for ``weights(expr)``:
 
 * each must be a real (or int) scalar, without binders of its own (E315);
@@ -17,6 +17,8 @@ the binder's scope (the binder variable, params, data, consts, lets), as
 * ``coef = optimal(loo = false)`` (the coefficient from the same samples) is flagged
   biased: ``explain`` says so and :func:`resolve` returns warning W303.
 
+An array-valued body gets one coefficient per component (``g`` stays a scalar: one
+control variate shared by the components -- several expectations from one sample).
 The mean is not checked numerically: the estimate is unbiased when ``mean`` is the exact
 mean of ``g`` under the binder's distribution (for every value of the params).
 """
@@ -31,7 +33,7 @@ from vrlang.estimators.spec import Spec, check_args, unparse
 from vrlang.ir import nodes as N
 from vrlang.syntax import ast
 from vrlang.transforms.base import EstimatorChoice, Transform
-from vrlang.transforms.expectation import Importance, Reparam, Score, default_spec, require_scalar_body
+from vrlang.transforms.expectation import Importance, Reparam, Score, default_spec
 
 INNER = ("reparam", "score", "importance")
 HELP = "e.g. cv(z, mean = m, coef = optimal, inner = score(samples = 8, baseline = loo))"
@@ -95,10 +97,11 @@ class ControlVariate(Transform):
         if rule == "same" and k < 2:
             raise VrEstimatorError("E314", f"`coef = optimal(loo = false)` needs samples >= 2 (a covariance); "
                                    f"`{inner_spec}` draws {k}", cspan, "give the inner estimator more samples")
-        require_scalar_body(binder, "`cv`", spec.span)
-        coef_text = {"loo": "c_k = Cov(f, g)/Var(g) over the other k-1 samples (leave-one-out: unbiased)",
-                     "same": f"BIASED: c = Cov(f, g)/Var(g) over the same {k} samples (c is correlated with each "
-                             f"g(z_k), so E[c (g - m)] != 0: a bias of order 1/k = 1/{k}; use coef = optimal)",
+        ratio = "Cov(w f, w (g - m))/Var(w (g - m))" if inner_spec.name == "importance" else "Cov(f, g)/Var(g)"
+        coef_text = {"loo": f"c_k = {ratio} over the other k-1 samples (leave-one-out: unbiased; the variance about "
+                            "the known mean)",
+                     "same": f"BIASED: c = {ratio} over the same {k} samples (c is correlated with each g(z_k), "
+                             f"so E[c (g - m)] != 0: a bias that vanishes as the samples grow; use coef = optimal)",
                      "fixed": f"fixed c = {unparse(coef_expr) if coef_expr is not None else ''} (not differentiated)"
                      }[rule]
         weighted = "w_k " if inner_spec.name == "importance" else ""
