@@ -459,3 +459,28 @@ def test_several_expectations_example_unbiased():
     want = np.array([2.0, math.exp(0.625), 0.5 * math.erfc(1 / math.sqrt(2))])  # mu = sigma = 1
     assert np.all(0.01 * want > 5 * se[:3]), (se, want)
     assert np.all(np.abs(mean[:3] - want) <= 5 * se[:3]), (mean, want, se)
+
+
+@_x64
+def test_runtime_without_the_dsl():
+    """The runtime Modules on a plain JAX body: ``body(z, j, expr)`` evaluates the handles ``g`` and ``mean``;
+    the gradient of the surrogate equals the compiled estimator's at the same key."""
+    from vrlang.estimators.control_variate import CVEstimate
+    from vrlang.estimators.expectation import ScoreEstimate
+
+    plan = CVEstimate(ScoreEstimate(4, "optimal"), "loo", g="g", mean="m")
+
+    def estimate(p, key):
+        def surrogate(q):
+            def body(z, j=None, expr=None):
+                return {None: z ** 2 + z, "g": z, "m": q["m"]}[expr] + 0 * z
+            return plan.surrogate("Normal", nd.Normal(q["m"], q["s"]), body, key, lambda z: z)
+        return jax.grad(surrogate)(p)
+
+    prog = _compile(GAUSS, "z", "cv(z, mean = m, coef = optimal, inner = score(samples = 4, baseline = optimal))")
+    est = prog.gradient_estimator({})
+    p = {k: jnp.float64(v) for k, v in GP.items()}
+    for key in _keys(3):
+        got = jax.jit(estimate)(p, jax.random.fold_in(key, binder_salt("z")))
+        want, _ = est.estimate(p, None, key)
+        np.testing.assert_allclose([got["m"], got["s"]], [want["m"], want["s"]], rtol=1e-10)
