@@ -31,7 +31,6 @@ import pytest
 
 import vrlang
 from vrlang.backend.lower import binder_salt
-from vrlang.errors import VrEstimatorError
 from vrlang.estimators.control_variate import optimal_coef
 from vrlang.estimators.expectation import loo_sum, optimal_baselines
 
