@@ -93,9 +93,15 @@ def toy(draws):
     t = 0.0
     q = 1 / (1 + np.exp(-t))
     exact = np.array([0.1 * q * (1 - q)])  # d/dt [(1 - q) 0.45^2 + q 0.55^2]
+    cv = "cv(b, mean = sigmoid(t), coef = optimal, inner = score(samples = 4{}))"
     specs = [("REINFORCE", "score(samples = 1)", 1),
              ("REINFORCE, 4 samples", "score(samples = 4)", 4),
              ("RLOO, 4 samples", "score(samples = 4, baseline = loo)", 4),
+             ("optimal baseline, 4 samples", "score(samples = 4, baseline = optimal)", 4),
+             ("cv g = b, 4 samples", cv.format(""), 4),
+             ("cv g = b + RLOO, 4 samples", cv.format(", baseline = loo"), 4),
+             ("cv g = b, exact coef 0.1, + RLOO", "cv(b, mean = sigmoid(t), coef = 0.1, "
+              "inner = score(samples = 4, baseline = loo))", 4),
              ("enum (exact)", "enum", 2),
              ("importance, proposal Bernoulli(0.7)", "importance(proposal = Bernoulli(probs = 0.7), samples = 1)", 1),
              ("importance, proposal Bernoulli(0.7), 4 samples",
@@ -105,7 +111,7 @@ def toy(draws):
     rows, stats = [], []
     for label, spec, cost in specs:
         s = summarise(g[spec], exact)
-        if s["var"] < 1e-24:  # enum: exact up to rounding
+        if s["var"] < 1e-24:  # enum (and cv with the exact coefficient): exact up to rounding
             s["var"], s["se"] = 0.0, 0 * s["se"]
         stats.append(s)
         rows.append([label, str(cost), f"{s['mean'][0]:.6f} ± {s['se'][0]:.1e}", f"{s['var']:.3e}",
@@ -115,16 +121,16 @@ def toy(draws):
     # training curves: p(b = 1) under adam for three of them
     curves = {}
     for label, spec in [("REINFORCE", "score(samples = 1)"), ("RLOO, 4 samples", "score(samples = 4, baseline = loo)"),
-                        ("enum (exact)", "enum")]:
+                        ("cv g = b + RLOO, 4 samples", cv.format(", baseline = loo")), ("enum (exact)", "enum")]:
         res = vrlang.compile(path, estimators={"b": spec}).solve(key=1)
         curves[label] = res.history["p_one"]
         print(f"adam, 300 steps, {label:<16}: p(b = 1) = {res.history['p_one'][-1]:.4f}")
 
     plt = _plt()
-    fig, ax = plt.subplots(1, 2, figsize=(11, 4))
+    fig, ax = plt.subplots(1, 2, figsize=(12, 4.5))
     labels = [r[0] for r in rows]
     v = [s["var"] if s["var"] > 0 else np.nan for s in stats]
-    ax[0].barh(labels, v, color=["C0", "C0", "C2", "C3", "C1", "C1"])
+    ax[0].barh(labels, v, color=["C0", "C0", "C2", "C4", "C5", "C5", "C5", "C3", "C1", "C1"])
     ax[0].set_xscale("log")
     lo = np.nanmin(v) / 10
     ax[0].set_xlim(left=lo)
@@ -175,7 +181,8 @@ def policy(draws):
              ("loo (RLOO)", f"score(samples = {k}, baseline = loo)", k),
              ("mean (group mean, Dr. GRPO)", f"score(samples = {k}, baseline = mean)", k),
              ("group_norm (GRPO)", f"score(samples = {k}, baseline = group_norm)", k),
-             ("greedy (ReMax)", f"score(samples = {k}, baseline = greedy)", k + 1)]
+             ("greedy (ReMax)", f"score(samples = {k}, baseline = greedy)", k + 1),
+             ("optimal (per-coordinate, leave-one-out)", f"score(samples = {k}, baseline = optimal)", k)]
     g = measure(path, "a", [s for _, s, _ in specs], {"theta": theta}, draws, externs={"reward": reward})
     print(f"\npolicy over 3^4 sequences: expected reward {v0:.4f}, |exact gradient| = {np.linalg.norm(exact):.4f}, "
           f"{k} samples, {draws} draws per estimator")
@@ -193,7 +200,7 @@ def policy(draws):
     plt = _plt()
     fig, ax = plt.subplots(1, 2, figsize=(11, 3.8))
     labels = [r[0] for r in rows]
-    colors = ["C7", "C2", "C3", "C1", "C0"]
+    colors = ["C7", "C2", "C3", "C1", "C0", "C4"]
     ax[0].barh(labels, [s["var"] for s in stats], color=colors)
     ax[0].set_xlabel("total variance of the gradient estimate (trace)")
     ax[0].invert_yaxis()
@@ -220,8 +227,12 @@ def gaussian(draws):
     exact = np.array([2 * m + 1, 2 * s])  # params in sorted order: m, s
     ks = [1, 2, 4, 8, 16]
     fams = {"reparam": "reparam(samples = {k})", "score, no baseline": "score(samples = {k})",
-            "score, loo": "score(samples = {k}, baseline = loo)", "score, greedy": "score(samples = {k}, baseline = greedy)"}
-    specs = [f.format(k=k) for f in fams.values() for k in ks if not ("loo" in f and k == 1)]
+            "score, loo": "score(samples = {k}, baseline = loo)", "score, greedy": "score(samples = {k}, baseline = greedy)",
+            "score, optimal": "score(samples = {k}, baseline = optimal)",
+            "cv g = z, score, loo": "cv(z, mean = m, coef = optimal, inner = score(samples = {k}, baseline = loo))"}
+    # loo and optimal need 2 samples, the leave-one-out cv coefficient 3
+    specs = [f.format(k=k) for f in fams.values() for k in ks
+             if not (k == 1 and ("loo" in f or "optimal" in f)) and not (k < 4 and f.startswith("cv"))]
     g = measure(path, "z", specs, {"m": m, "s": s}, draws)
     print(f"\nGaussian E(z ~ Normal({m:g}, {s:g}): z^2 + z): exact gradient (m, s) = ({exact[0]:g}, {exact[1]:g}), {draws} draws")
     rows = []

@@ -41,6 +41,7 @@ from vrlang.solvers.status import Status
 from vrlang.syntax import ast, parse_program, parse_spec
 from vrlang.transforms import EstimatorChoice, choose, default
 from vrlang.transforms.finite_sum import resolve as resolve_finite_sums
+from vrlang.transforms.control_variate import resolve as resolve_control_variates
 from vrlang.transforms.bilevel import refuse_stochastic_inner
 
 DEFAULT_SOLVER = "sgd(lr = auto, epochs = 100)"
@@ -217,7 +218,7 @@ class Program:
         needs = [b for b, c in self.choices.items() if getattr(c.plan, "requires_state", False)]
         if needs and families != {"sgd"}:
             c = self.choices[needs[0]]
-            raise VrEstimatorError("E395", f"`{c.spec}` on `{needs[0]}` keeps state between steps, which this version "
+            raise VrEstimatorError("E398", f"`{c.spec}` on `{needs[0]}` keeps state between steps, which this version "
                                    f"threads through the full and sgd estimators only (here: "
                                    f"{', '.join(sorted(families))})", c.spec.span,
                                    "estimate the sums around it by sgd or full, or use baseline = loo")
@@ -606,6 +607,7 @@ def compile(src: str | os.PathLike, *, consts: Mapping | None = None, externs: M
                                           f"pass estimators={{'{b}': ...}} / --estimate {b}=... to choose otherwise"))
                 choices[b] = choose(info, Spec("full", {}), sizes, const_values)
         resolve_finite_sums(cp, prog, choices, sizes)  # weights(expr), GLM structure, lipschitz, SAGA's table
+        cv_warnings = resolve_control_variates(cp, prog, choices)  # cv(g, mean, coef): typed; W303
         base_consts = {k: c.value for k, c in cp.consts.items()}
         merged = _merge_consts(cp, base_consts, consts)
         externs = dict(externs or {})
@@ -622,7 +624,8 @@ def compile(src: str | os.PathLike, *, consts: Mapping | None = None, externs: M
                                    f"declare it: extern {unknown_ext[0]}(x: real) -> real")
         _refuse_unsupported(cp, choices)
         sampled = {b for b, c in choices.items() if c.sampler is not None or _stochastic(c)}
-        warnings = switched + bias.analyse(cp.objective, sampled, kinds={b: i.kind for b, i in cp.binders.items()})
+        warnings = switched + cv_warnings + bias.analyse(cp.objective, sampled,
+                                                         kinds={b: i.kind for b, i in cp.binders.items()})
     except VrError as e:
         raise e.with_source(text, file)
     for w in warnings:

@@ -186,12 +186,14 @@ class Interpreter:
         def cast(z):
             return z.astype(jnp.int32) if int_sample else _as_float(z)
 
-        def body(z, j=None):
+        def body(z, j=None, expr=None):
             # sample j gets its own key, so that random choices nested in the body are independent
-            # across the samples of this one (as ev_sum does per item)
+            # across the samples of this one (as ev_sum does per item); `expr`: another IR node
+            # evaluated at the sample instead of the body (a control variate's g and mean)
             key = None if env.key is None or j is None else jax.random.fold_in(env.key, j)
             # (binder state is not tracked per sample: nested decision binders start cold)
-            return _as_float(self.evaluate(node.body, env.stateless().bind(node.binder, z, key)))
+            return _as_float(self.evaluate(node.body if expr is None else expr,
+                                           env.stateless().bind(node.binder, z, key)))
 
         key = None if env.key is None else jax.random.fold_in(env.key, binder_salt(node.binder))
         if env.collect is not None and getattr(plan, "stateful", False):  # e.g. an ema baseline

@@ -20,6 +20,19 @@ key (so they are independent across samples).  ``dist`` is the numpyro distribut
   its expected gradient is :math:`\\frac{K-1}K` of the true one; ``group_norm`` -- the
   GRPO advantage :math:`(f_k - \\bar f)/\\mathrm{std}(f)` (Shao et al. 2024), biased
   (the scale depends on the samples).
+  ``optimal`` -- the per-coordinate variance-minimising constant baseline
+  :math:`b^*_i = E[f\\,s_i^2]/E[s_i^2]`, :math:`s = \\nabla_\\phi \\log q_\\phi(z)` the score with
+  respect to the distribution's *own parameter arrays* :math:`\\phi` (numpyro's pytree leaves
+  of ``q``: ``loc`` and ``scale`` of a Normal, ``logits`` of ``Bernoulli(logits = t)``, each
+  entry of ``theta`` in ``Categorical(logits = theta)``), one baseline per coordinate
+  :math:`i` of :math:`\\phi` (Greensmith, Bartlett & Baxter 2004; Weaver & Tao 2001).  It is
+  estimated *leave-one-out*, :math:`b_{k,i} = \\sum_{j\\ne k} f_j s_{j,i}^2 / \\sum_{j\\ne k} s_{j,i}^2`
+  (the ``loo`` mean where that denominator is 0), so :math:`b_k` does not depend on
+  :math:`z_k` and the estimate stays unbiased.  The surrogate is
+  :math:`\\frac1K\\sum_k f(z_k) + \\sum_i \\phi_i\\,\\mathrm{sg}(G_i) - \\mathrm{sg}(\\phi_i G_i)` with
+  :math:`G = \\frac1K\\sum_k (f_k - b_k) \\odot s_k` (per-sample scores by ``vmap(grad)`` of
+  :math:`\\log q` in :math:`\\phi`): value the Monte Carlo mean, gradient in :math:`\\phi` exactly
+  :math:`G`, and the chain rule from :math:`\\phi` to the params is JAX's, outside.
 * :class:`EnumEstimate` -- exact :math:`\\sum_{z} q(z) f(z)` over a finite support,
   vectorised over the support.
 * :class:`ImportanceEstimate` -- :math:`z_k \\sim p` (a fixed proposal),
@@ -100,29 +113,130 @@ class ReparamEstimate(eqx.Module):
 
 class ScoreEstimate(eqx.Module):
     samples: int = eqx.field(static=True)
-    baseline: str = eqx.field(static=True)  # none loo mean group_norm greedy
+    baseline: str = eqx.field(static=True)  # none loo mean group_norm greedy optimal
 
     def surrogate(self, name, dist, body, key, cast):
+        phi = dist_params(dist) if self.baseline == "optimal" else None  # before sampling caches lazy fields
         key, k = _eval_key_and_count(key, self.samples)
         z = jax.lax.stop_gradient(dist.sample(key, (k,)))
         f = jax.vmap(body)(cast(z), jnp.arange(k))
+        f_mode = None
+        if self.baseline == "greedy":
+            f_mode = jax.lax.stop_gradient(body(cast(mode(name, dist)), k))  # own key: index k
+        return jnp.mean(f, axis=0) + self.score_term(dist, z, jax.lax.stop_gradient(f), f_mode, phi=phi)
+
+    def score_term(self, dist, z, fs, f_mode, control=None, phi=None):
+        """Value 0; gradient :math:`\\frac1K\\sum_k (f_k - b_k) \\nabla \\log q(z_k)`, ``fs`` stop-gradient values.
+
+        ``control = (c, us, u_mode)`` (from :class:`~vrlang.estimators.control_variate.CVEstimate`):
+        the body is :math:`f - c_k u` for sample ``k`` (``c`` of the shape of ``fs``, ``us`` the
+        control variate's centred values), and the baseline is the same rule applied to
+        that body -- by linearity :math:`b_k[f] - c_k b_k[u]` (``group_norm``, not linear, is
+        applied to each sample's own body).  ``phi`` is :func:`dist_params` of ``dist``
+        (for ``optimal``).
+        """
+        if self.baseline == "optimal":
+            return _optimal_score_term(phi, z, fs, control)
+        adv = _advantage(self.baseline, fs, f_mode)
+        if control is not None:
+            c, us, u_mode = control  # c: fs.shape; us: (K,)
+            ue = us.reshape(us.shape + (1,) * (fs.ndim - 1))
+            if self.baseline == "group_norm":
+                k = fs.shape[0]
+                adv = jax.vmap(lambda ck, kk: _advantage("group_norm", fs - ck * ue, None)[kk])(c, jnp.arange(k))
+            else:
+                adv = adv - c * _advantage(self.baseline, ue, u_mode)
         logq = _sum_batch(log_prob(dist, z), 1)
-        fs = jax.lax.stop_gradient(f)
-        if self.baseline == "none":
-            adv = fs
-        elif self.baseline == "loo":
-            adv = fs - (jnp.sum(fs, axis=0, keepdims=True) - fs) / (k - 1)
-        elif self.baseline == "mean":
-            adv = fs - jnp.mean(fs, axis=0, keepdims=True)
-        elif self.baseline == "group_norm":
-            adv = (fs - jnp.mean(fs, axis=0, keepdims=True)) / (jnp.std(fs, axis=0, keepdims=True) + 1e-8)
-        elif self.baseline == "greedy":
-            b = jax.lax.stop_gradient(body(cast(mode(name, dist)), k))  # own key: index k
-            adv = fs - b
-        else:  # pragma: no cover - the transform refuses other names
-            raise ValueError(self.baseline)
         score = logq - jax.lax.stop_gradient(logq)  # value 0, gradient grad log q
-        return jnp.mean(f, axis=0) + _weighted_mean(score, adv)
+        return _weighted_mean(score, adv)
+
+
+def _advantage(baseline: str, fs, f_mode):
+    """``f_k - b_k`` for the scalar baselines (``fs`` stop-gradient, shape ``(K, ...)``)."""
+    k = fs.shape[0]
+    if baseline == "none":
+        return fs
+    if baseline == "loo":
+        return fs - (jnp.sum(fs, axis=0, keepdims=True) - fs) / (k - 1)
+    if baseline == "mean":
+        return fs - jnp.mean(fs, axis=0, keepdims=True)
+    if baseline == "group_norm":
+        return (fs - jnp.mean(fs, axis=0, keepdims=True)) / (jnp.std(fs, axis=0, keepdims=True) + 1e-8)
+    if baseline == "greedy":
+        return fs - f_mode
+    raise ValueError(baseline)  # pragma: no cover - the transform refuses other names
+
+
+def dist_params(dist):
+    """``(phi, rebuild)``: the floating-point parameter arrays of a numpyro distribution, and
+    ``rebuild(phi')`` the same distribution with ``phi'`` in their place.
+
+    ``phi`` are the distribution's pytree leaves (its parameters as numpyro stores them,
+    after broadcasting; integer leaves such as ``total_count`` are kept fixed).  Call it
+    before sampling: sampling may cache derived fields (``probs`` of a ``BernoulliLogits``).
+    """
+    leaves, treedef = jax.tree_util.tree_flatten(dist)
+    floating = [jnp.issubdtype(jnp.result_type(x), jnp.floating) for x in leaves]
+    phi = [x for x, f in zip(leaves, floating) if f]
+
+    def rebuild(new):
+        it = iter(new)
+        return jax.tree_util.tree_unflatten(treedef, [next(it) if f else x for x, f in zip(leaves, floating)])
+
+    return phi, rebuild
+
+
+def loo_sum(x):
+    """``out[k] = sum_{j != k} x[j]`` along axis 0, without subtracting (exclusive prefix + suffix sums)."""
+    zero = jnp.zeros_like(x[:1])
+    before = jnp.concatenate([zero, jnp.cumsum(x, axis=0)[:-1]], axis=0)
+    after = jnp.concatenate([jnp.cumsum(x[::-1], axis=0)[:-1][::-1], zero], axis=0)
+    return before + after
+
+
+def per_sample_scores(phi, z):
+    """``[s_l]`` with ``s_l[k] = d log q_phi(z_k) / d phi_l`` (``vmap`` of ``grad``): one ``(K, *phi_l.shape)`` each."""
+    params, rebuild = phi
+
+    def logq(ps, z1):
+        return jnp.sum(log_prob(rebuild(ps), z1))
+
+    return jax.vmap(jax.grad(logq), in_axes=(None, 0))(params, z)
+
+
+def optimal_baselines(fs, s):
+    """Leave-one-out per-coordinate baselines ``b[k] = sum_{j!=k} f_j s_j^2 / sum_{j!=k} s_j^2``.
+
+    ``fs`` has shape ``(K,)``, ``s`` shape ``(K, *shape)``; where the denominator is 0 (no
+    other sample moves that coordinate) the baseline is the mean of the other ``f_j``.  Every
+    ``b[k]`` is a function of the samples ``j != k`` only (unbiased).
+    """
+    k = fs.shape[0]
+    fb = fs.reshape((k,) + (1,) * (s.ndim - 1))
+    w = s * s
+    num, den = loo_sum(fb * w), loo_sum(w)
+    loo = loo_sum(fb) / (k - 1)
+    return jnp.where(den > 0, num / jnp.where(den > 0, den, 1.0), loo)
+
+
+def _optimal_score_term(phi, z, fs, control):
+    params, _ = phi
+    scores = per_sample_scores(phi, z)
+    total = 0.0
+    for p, s in zip(params, scores):
+        k = s.shape[0]
+
+        def adv(vals, s=s, k=k):
+            return vals.reshape((k,) + (1,) * (s.ndim - 1)) - optimal_baselines(vals, s)
+
+        a = adv(fs)
+        if control is not None:
+            c, us, _ = control
+            a = a - c.reshape((k,) + (1,) * (s.ndim - 1)) * adv(us)
+        G = jax.lax.stop_gradient(jnp.mean(a * s, axis=0))  # the gradient in this parameter array
+        t = jnp.sum(p * G)
+        total = total + (t - jax.lax.stop_gradient(t))  # value 0, gradient G in p (chain rule to the params: JAX)
+    return total
 
 
 class EMAScoreEstimate(eqx.Module):
@@ -178,8 +292,9 @@ class ImportanceEstimate(eqx.Module):
     self_normalized: bool = eqx.field(static=True)
     proposal: object  # a numpyro distribution with constant parameters
 
-    def surrogate(self, name, dist, body, key, cast):
-        key, k = _eval_key_and_count(key, self.samples)
+    def draw(self, dist, key, k):
+        """``(z, w)``: ``k`` proposal samples (stop-gradient) and their weights ``q(z)/p(z)``
+        (differentiable in the target's parameters; divided by their mean when self-normalised)."""
         prop = self.proposal
         shape = jax.lax.broadcast_shapes(tuple(prop.batch_shape), tuple(dist.batch_shape))
         if tuple(prop.batch_shape) != shape:  # a scalar proposal for an array-valued choice
@@ -187,7 +302,12 @@ class ImportanceEstimate(eqx.Module):
         z = jax.lax.stop_gradient(prop.sample(key, (k,)))
         logw = _sum_batch(log_prob(dist, z), 1) - jax.lax.stop_gradient(_sum_batch(log_prob(prop, z), 1))
         w = jnp.exp(logw)
-        f = jax.vmap(body)(cast(z), jnp.arange(k))
         if self.self_normalized:
             w = w / jnp.sum(w) * k
+        return z, w
+
+    def surrogate(self, name, dist, body, key, cast):
+        key, k = _eval_key_and_count(key, self.samples)
+        z, w = self.draw(dist, key, k)
+        f = jax.vmap(body)(cast(z), jnp.arange(k))
         return _weighted_mean(w, f)

@@ -78,15 +78,31 @@ def _value(e: ast.Expr):
     return e  # an expression (e.g. weights(expr)); the estimator that takes it checks it
 
 
+# Estimators whose arguments include expressions of the program (kept as AST, checked by the
+# estimator's transform); the first may be given positionally: cv(g, mean = m, coef = c).
+EXPRESSION_ARGS = {"cv": ("g", "mean", "coef")}
+
+
 def to_spec(e: ast.Expr) -> Spec:
     if isinstance(e, ast.Name):
         return Spec(e.id, {}, e.span)
     if isinstance(e, ast.Call):
+        raw = EXPRESSION_ARGS.get(e.func, ())
+        if e.args and (not raw or len(e.args) > 1):
+            extra = e.args[1] if raw else e.args[0]
+            raise VrEstimatorError("E300", f"arguments of `{e.func}` must be named, e.g. {e.func}(batch = 16)"
+                                   if not raw else f"`{e.func}` takes one positional argument ({raw[0]}); name "
+                                   f"the others, e.g. {e.func}(z, mean = 0, coef = optimal)", extra.span)
+        args, spans = {}, {}
         if e.args:
-            raise VrEstimatorError("E300", f"arguments of `{e.func}` must be named, e.g. {e.func}(batch = 16)",
-                                   e.args[0].span)
-        return Spec(e.func, {k.name: _value(k.value) for k in e.kwargs}, e.span,
-                    {k.name: k.span for k in e.kwargs})
+            args[raw[0]], spans[raw[0]] = e.args[0], e.args[0].span
+        for k in e.kwargs:
+            if k.name in args:
+                raise VrEstimatorError("E300", f"`{k.name}` of `{e.func}` is given twice (positionally and by name)",
+                                       k.span)
+            args[k.name] = k.value if k.name in raw else _value(k.value)
+            spans[k.name] = k.span
+        return Spec(e.func, args, e.span, spans)
     raise VrEstimatorError("E300", "expected a name or a call such as `sgd(lr = 0.1)`", e.span)
 
 

@@ -13,12 +13,13 @@ from vrlang.errors import VrEstimatorError
 from vrlang.estimators.spec import Spec
 from vrlang.transforms.base import EstimatorChoice, Transform
 from vrlang.transforms.bilevel import ImplicitDecision, UnrollDecision
+from vrlang.transforms.control_variate import ControlVariate
 from vrlang.transforms.expectation import Enum, Importance, Reparam, Score, default_spec
 from vrlang.transforms.finite_sum import (FullSum, LSVRGSum, MinibatchSum, PAGESum, SAGASum, SARAHSum, SPIDERSum,
                                          STORMSum, SVRGSum)
 
 TRANSFORMS: list[Transform] = [FullSum(), MinibatchSum(), SVRGSum(), LSVRGSum(), SAGASum(), SARAHSum(), SPIDERSum(),
-                               PAGESum(), STORMSum(), Reparam(), Score(), Enum(), Importance(),
+                               PAGESum(), STORMSum(), Reparam(), Score(), Enum(), Importance(), ControlVariate(),
                                ImplicitDecision(), UnrollDecision()]
 
 KNOWN = {
@@ -40,8 +41,8 @@ def default(binder: BinderInfo) -> Spec:
 
 def choose(binder: BinderInfo, spec: Spec, sizes: dict, consts: dict | None = None) -> EstimatorChoice:
     for t in TRANSFORMS:
-        if isinstance(t, Importance):
-            t = Importance(consts)
+        if isinstance(t, (Importance, ControlVariate)):  # proposals are built from the consts
+            t = type(t)(consts)
         if t.accepts(binder, spec):
             return t.apply(binder, spec, sizes)
     kind = binder.kind

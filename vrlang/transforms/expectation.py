@@ -1,4 +1,5 @@
-"""Random-choice binders (``E(z ~ D: body)``): ``reparam``, ``score``, ``enum``, ``importance``.
+"""Random-choice binders (``E(z ~ D: body)``): ``reparam``, ``score``, ``enum``, ``importance``
+(``cv``, which wraps them, is :mod:`vrlang.transforms.control_variate`).
 
 Each transform checks that the estimator applies to the distribution (a pathwise
 sampler for ``reparam``, a finite support for ``enum``, a mode for the ``greedy``
@@ -20,8 +21,8 @@ from vrlang.estimators.spec import Spec, check_args, number
 from vrlang.syntax import ast
 from vrlang.transforms.base import EstimatorChoice, Transform
 
-BASELINES = ("none", "loo", "mean", "group_norm", "greedy")
-PLANNED_BASELINES = ("optimal",)
+BASELINES = ("none", "loo", "mean", "group_norm", "greedy", "optimal")
+PLANNED_BASELINES = ()
 DEFAULT_EMA_DECAY = 0.9
 
 
@@ -31,6 +32,15 @@ def _dist_name(binder: BinderInfo) -> str:
 
 def _samples(spec: Spec) -> int:
     return number(spec, "samples", 1, integer=True)
+
+
+def require_scalar_body(binder: BinderInfo, what: str, span) -> None:
+    """E314: ``what`` (a per-sample coefficient or baseline) needs ``E(z ~ D: f)`` with ``f`` a real scalar."""
+    for node in binder.nodes:
+        if node.body.type.rank != 0:
+            raise VrEstimatorError("E314", f"{what} needs a scalar body, but the body of `{binder.name}` is "
+                                   f"{node.body.type}", span,
+                                   f"write one expectation per component, e.g. E({binder.name} ~ ...: f[0])")
 
 
 class Reparam(Transform):
@@ -70,24 +80,35 @@ class Score(Transform):
         if bname not in BASELINES:
             raise VrEstimatorError("E306", f"unknown baseline `{bname or b}`",
                                    spec.arg_spans.get("baseline") or spec.span, f"baselines: {', '.join(BASELINES + ('ema',))}")
-        if bname in ("loo", "mean", "group_norm") and k < 2:
-            raise VrEstimatorError("E307", f"baseline `{bname}` needs samples >= 2 (it compares samples with each "
-                                   "other)", spec.span, f"write score(samples = 4, baseline = {bname})")
+        if bname in ("loo", "mean", "group_norm", "optimal") and k < 2:
+            why = ("it is estimated leave-one-out, from the other samples, so that it stays unbiased"
+                   if bname == "optimal" else "it compares samples with each other")
+            raise VrEstimatorError("E307", f"baseline `{bname}` needs samples >= 2 ({why})", spec.span,
+                                   f"write score(samples = 4, baseline = {bname})")
         name = _dist_name(binder)
         if bname == "greedy" and name not in GREEDY_FAMILIES:
             raise VrEstimatorError("E308", f"baseline `greedy` needs the mode of {name}, which vrlang does not know",
                                    spec.span, "use baseline = loo")
-        unbiased = bname in ("none", "loo", "greedy")
+        if bname == "optimal":
+            require_scalar_body(binder, "baseline `optimal`", spec.arg_spans.get("baseline") or spec.span)
+        unbiased = bname in ("none", "loo", "greedy", "optimal")
         note = {
             "none": "REINFORCE surrogate f(z) + sg(f(z)) * (log q(z) - sg(log q(z)))",
             "loo": "REINFORCE with the leave-one-out baseline (RLOO): b_k = mean of the other samples",
             "greedy": "REINFORCE with b = f(mode of q) (ReMax)",
+            "optimal": "REINFORCE with the per-coordinate optimal baseline b_i = E[f s_i^2]/E[s_i^2], s = grad of "
+                       "log q in the distribution's parameter arrays, estimated leave-one-out (b_k from the other "
+                       "samples: unbiased); surrogate mean f(z) + sum_i phi_i sg(G_i) - sg(phi_i G_i), "
+                       "G = mean_k (f_k - b_k) * s_k (per-sample scores by vmap(grad))",
             "mean": f"BIASED: baseline = group mean including the sample; the expected gradient is "
                     f"(k-1)/k = {(k - 1) / k:.3g} of the true gradient",
             "group_norm": "BIASED: GRPO advantage (f - mean)/std; the gradient is rescaled by 1/std of the group",
         }[bname]
         return EstimatorChoice(binder.name, binder.kind, spec, unbiased, f"{k} body evaluation{'s' * (k > 1)} per step"
-                               + (" + 1 at the mode" if bname == "greedy" else ""), "none", note,
+                               + (" + 1 at the mode" if bname == "greedy" else "")
+                               + (" + k per-sample scores (vmap(grad log q))" if bname == "optimal" else ""),
+                               "k copies of the distribution's parameters (per-sample scores)" if bname == "optimal"
+                               else "none", note,
                                plan=ScoreEstimate(k, bname))
 
 
