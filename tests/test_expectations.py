@@ -480,8 +480,8 @@ def test_refusals():
     assert _err(GAUSS, {"z": "enum"}).code == "E309"
     e = _err(TOY, {"b": "score(samples = 1, baseline = loo)"})
     assert e.code == "E307" and "samples = 4" in e.hint
-    assert _err(TOY, {"b": "score(samples = 4, baseline = ema(0.9))"}).code == "E391"
-    assert _err(TOY, {"b": "score(samples = 4, baseline = ema(decay = 0.9))"}).code == "E391"
+    assert _err(TOY, {"b": "score(samples = 4, baseline = ema(1.5))"}).code == "E306"
+    assert _err(TOY, {"b": "score(samples = 4, baseline = ema(rate = 0.9))"}).code == "E306"
     assert _err(TOY, {"b": "score(samples = 4, baseline = loo(2))"}).code == "E306"
     assert _err(TOY, {"b": "score(samples = 4, baseline = median)"}).code == "E306"
     assert _err(TOY, {"b": "importance(proposal = Normal(0, 1))"}).code == "E313"
