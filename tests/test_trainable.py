@@ -88,13 +88,13 @@ def test_trainable_extern_in_sampling_weights_is_refused():
     prog = vrlang.compile(src, externs={"net": vrlang.trainable(_mlp())})
     with pytest.raises(VrEstimatorError) as e:
         prog.solve(_data(), solver="adam(lr = 0.1, steps = 1)")
-    assert e.value.code == "E316"
+    assert e.value.code == "E318"
 
 
 def test_trainable_needs_an_equinox_module_with_arrays():
     with pytest.raises(VrEstimatorError) as e:
         vrlang.trainable(lambda x: x)
-    assert e.value.code == "E315"
+    assert e.value.code == "E317"
 
     class NoWeights(eqx.Module):
         def __call__(self, x):
@@ -102,7 +102,7 @@ def test_trainable_needs_an_equinox_module_with_arrays():
 
     with pytest.raises(VrEstimatorError) as e:
         vrlang.trainable(NoWeights())
-    assert e.value.code == "E315"
+    assert e.value.code == "E317"
 
 
 def test_a_shared_argument_is_traced_once():

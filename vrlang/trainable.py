@@ -27,8 +27,8 @@ analysis that asks which params a subexpression depends on (the GLM detection be
 SAGA's scalar table and ``lr = auto``, the check that sampling weights are param-free)
 therefore sees the network's weights, with no special case.
 
-Errors: E315 (``trainable`` of something that is not an equinox Module with array
-leaves), E316 (a trainable extern where params are not allowed: ``sampling =
+Errors: E317 (``trainable`` of something that is not an equinox Module with array
+leaves), E318 (a trainable extern where params are not allowed: ``sampling =
 weights(...)``, computed once from the data).
 """
 
@@ -56,14 +56,14 @@ class Trainable:
 
     def __init__(self, module: eqx.Module, filter_spec: Callable = eqx.is_inexact_array):
         if not isinstance(module, eqx.Module) or not callable(module):
-            raise VrEstimatorError("E315", "vrlang.trainable needs a callable equinox Module, got "
+            raise VrEstimatorError("E317", "vrlang.trainable needs a callable equinox Module, got "
                                    f"{type(module).__name__}", None,
                                    "for a network written as a function, declare its weights as params and pass "
                                    "them to the extern as arguments")
         weights, static = eqx.partition(module, filter_spec)
         paths_leaves = jax.tree_util.tree_leaves_with_path(weights)
         if not paths_leaves:
-            raise VrEstimatorError("E315", f"the module {type(module).__name__} has no array leaves to train", None,
+            raise VrEstimatorError("E317", f"the module {type(module).__name__} has no array leaves to train", None,
                                    "pass it as a plain extern (its function is then fixed)")
         self.module = module
         self.names = tuple(_path_name(p) for p, _ in paths_leaves)
@@ -103,7 +103,7 @@ class _Applied:
 
     def __call__(self, *vals):
         if len(vals) != self.n_args + len(self.t.names):  # an IR built after `attach` (sampling weights)
-            raise VrEstimatorError("E316", f"the trainable extern `{self.name}` cannot be used here: its weights "
+            raise VrEstimatorError("E318", f"the trainable extern `{self.name}` cannot be used here: its weights "
                                    "are params, and sampling weights are computed once from the data", None,
                                    "use data and consts only in weights(...), or a fixed (non-trainable) extern")
         return self.t.combine(vals[self.n_args:])(*vals[:self.n_args])
