@@ -38,6 +38,8 @@ def explain(program, stage: str | None = None) -> str:
         c = "" if p.constraint is None else (f" in [{p.bounds[0]:g}, {p.bounds[1]:g}]" if p.constraint == "box"
                                              else f" in {p.constraint}")
         out.append(f"  {p.name}: {p.type}{c}")
+    if not cp.params and cp.externs:
+        out.append("  (none declared; the weights of externs passed as vrlang.trainable(module) are params too)")
     out.append(f"objective: {cp.sense} (scalar)")
     out.append("")
     out.append("binders:")

@@ -43,6 +43,7 @@ from vrlang.transforms import EstimatorChoice, choose, default
 from vrlang.transforms.finite_sum import resolve as resolve_finite_sums
 from vrlang.transforms.control_variate import resolve as resolve_control_variates
 from vrlang.transforms.bilevel import refuse_stochastic_inner
+from vrlang.trainable import attach as attach_trainable
 
 DEFAULT_SOLVER = "sgd(lr = auto, epochs = 100)"
 
@@ -105,8 +106,9 @@ class Program:
 
     def __init__(self, cp: CheckedProgram, choices: dict[str, EstimatorChoice], solver: SolverConfig,
                  externs: Mapping[str, Callable], consts: dict[str, np.ndarray], x64: bool,
-                 warnings: list[VrWarning], ast_program: ast.Program):
+                 warnings: list[VrWarning], ast_program: ast.Program, trainables: Mapping | None = None):
         self.checked = cp
+        self.trainables = dict(trainables or {})  # externs whose weights are params (vrlang.trainable)
         self.choices = choices
         self.solver = solver
         self.externs = dict(externs)
@@ -411,6 +413,13 @@ class Program:
         status = Status(int(out["status"]))
         return Result(final, history, status.label, status.message(cfg.tol), int(out["epochs"]), int(out["steps"]), info)
 
+    def module(self, name: str, params: Mapping):
+        """The equinox module of the trainable extern ``name`` with the weights in ``params`` (e.g. ``res.params``)."""
+        if name not in self.trainables:
+            raise KeyError(f"`{name}` is not a trainable extern of this program (trainable: "
+                           f"{', '.join(self.trainables) or 'none'}; wrap the module with vrlang.trainable)")
+        return self.trainables[name].bind(params, name)
+
     def explain(self, stage: str | None = None) -> str:
         from vrlang.explain import explain
         return explain(self, stage)
@@ -581,6 +590,7 @@ def compile(src: str | os.PathLike, *, consts: Mapping | None = None, externs: M
     """Compile a vrlang program (a path to a ``.vr`` file or the source text itself)."""
     text, file, prog, cp = front_end(src)
     try:
+        externs, trainables = attach_trainable(cp, externs)  # a trainable extern's weights become params
         for b, s in (estimators or {}).items():
             if b not in cp.binders:
                 raise VrEstimatorError("E250", f"no binder named `{b}`", None,
@@ -631,7 +641,7 @@ def compile(src: str | os.PathLike, *, consts: Mapping | None = None, externs: M
     for w in warnings:
         if w.span is not None and w.span.source is None:
             VrError.with_source(w, text, file)  # same attribute layout
-    return Program(cp, choices, scfg, externs, merged, x64, warnings, prog)
+    return Program(cp, choices, scfg, externs, merged, x64, warnings, prog, trainables)
 
 
 def _symbolic_sizes(cp: CheckedProgram) -> dict:

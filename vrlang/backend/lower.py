@@ -42,6 +42,9 @@ class Env:
     # leading axis per enclosing sum), ``collect`` receives the new state; None = stateless evaluation
     memory: dict | None = None
     collect: dict | None = None
+    # id(node) -> value of the nodes evaluated in this env: a node shared by several uses (a `let`, a def's
+    # argument) is traced once.  Fresh for every Env (bind, replace); an Env is evaluated under one trace.
+    memo: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def dim(self, d):
         return d if isinstance(d, int) else self.dims[d]
@@ -68,7 +71,10 @@ class Interpreter:
         return self.evaluate(node, env)
 
     def evaluate(self, node: N.Node, env: Env):
-        return getattr(self, "ev_" + type(node).__name__.lower())(node, env)
+        k = id(node)
+        if k not in env.memo:
+            env.memo[k] = getattr(self, "ev_" + type(node).__name__.lower())(node, env)
+        return env.memo[k]
 
     def ev_lit(self, node: N.Lit, env):
         return jnp.asarray(node.value, dtype=_DTYPES[node.type.base] or jnp.result_type(float))

@@ -58,7 +58,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from vrlang.estimators.expectation import (ImportanceEstimate, ReparamEstimate, ScoreEstimate,
+from vrlang.estimators.expectation import (EVAL_SAMPLES, ImportanceEstimate, ReparamEstimate, ScoreEstimate,
                                            _eval_key_and_count, dist_params, mode)
 
 COEF_RULES = ("fixed", "loo", "same")
@@ -135,7 +135,7 @@ class CVEstimate(eqx.Module):
         inner = self.inner
         score = isinstance(inner, ScoreEstimate)
         phi = dist_params(dist) if score and inner.baseline == "optimal" else None  # before sampling
-        key, k = _eval_key_and_count(key, inner.samples)
+        key, k = _eval_key_and_count(key, inner.samples, getattr(inner, 'eval_samples', EVAL_SAMPLES))
         idx = jnp.arange(k)
         a = None  # per-sample weights of the inner estimator (importance sampling)
         if isinstance(inner, ReparamEstimate):

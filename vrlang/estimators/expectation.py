@@ -41,7 +41,9 @@ key (so they are independent across samples).  ``dist`` is the numpyro distribut
 
 When the program is evaluated "exactly" (``key=None``: the logged objective), a sampled
 expectation uses a fixed key and at least :data:`EVAL_SAMPLES` samples, so the logged
-objective is a deterministic Monte Carlo estimate with common random numbers.
+objective is a deterministic Monte Carlo estimate with common random numbers
+(``eval_samples = m`` in the spec: max(k, m) samples instead, e.g. a few for a VAE whose
+per-epoch ELBO over all the data would otherwise cost 256 passes).
 """
 
 from __future__ import annotations
@@ -76,9 +78,9 @@ def log_prob(dist, z):
     return dist.log_prob(z)
 
 
-def _eval_key_and_count(key, samples: int):
+def _eval_key_and_count(key, samples: int, eval_samples: int = EVAL_SAMPLES):
     if key is None:
-        return jax.random.PRNGKey(_EVAL_KEY), max(samples, EVAL_SAMPLES)
+        return jax.random.PRNGKey(_EVAL_KEY), max(samples, eval_samples)
     return key, samples
 
 
@@ -104,9 +106,10 @@ GREEDY_FAMILIES = ("Bernoulli", "Categorical", "Normal", "Laplace", "Cauchy", "S
 
 class ReparamEstimate(eqx.Module):
     samples: int = eqx.field(static=True)
+    eval_samples: int = eqx.field(static=True, default=EVAL_SAMPLES)
 
     def surrogate(self, name, dist, body, key, cast):
-        key, k = _eval_key_and_count(key, self.samples)
+        key, k = _eval_key_and_count(key, self.samples, self.eval_samples)
         z = dist.rsample(key, (k,))
         return jnp.mean(jax.vmap(body)(cast(z), jnp.arange(k)), axis=0)
 
@@ -114,10 +117,11 @@ class ReparamEstimate(eqx.Module):
 class ScoreEstimate(eqx.Module):
     samples: int = eqx.field(static=True)
     baseline: str = eqx.field(static=True)  # none loo mean group_norm greedy optimal
+    eval_samples: int = eqx.field(static=True, default=EVAL_SAMPLES)
 
     def surrogate(self, name, dist, body, key, cast):
         phi = dist_params(dist) if self.baseline == "optimal" else None  # before sampling caches lazy fields
-        key, k = _eval_key_and_count(key, self.samples)
+        key, k = _eval_key_and_count(key, self.samples, self.eval_samples)
         z = jax.lax.stop_gradient(dist.sample(key, (k,)))
         f = jax.vmap(body)(cast(z), jnp.arange(k))
         f_mode = None
@@ -255,6 +259,7 @@ class EMAScoreEstimate(eqx.Module):
 
     samples: int = eqx.field(static=True)
     decay: float = eqx.field(static=True)
+    eval_samples: int = eqx.field(static=True, default=EVAL_SAMPLES)
 
     stateful = True
     requires_state = True  # without state the baseline would silently be 0
@@ -263,7 +268,7 @@ class EMAScoreEstimate(eqx.Module):
         return self.surrogate_from(name, dist, body, key, cast, None)[0]
 
     def surrogate_from(self, name, dist, body, key, cast, state):
-        key, k = _eval_key_and_count(key, self.samples)
+        key, k = _eval_key_and_count(key, self.samples, self.eval_samples)
         z = jax.lax.stop_gradient(dist.sample(key, (k,)))
         f = jax.vmap(body)(cast(z), jnp.arange(k))
         logq = _sum_batch(log_prob(dist, z), 1)
@@ -291,6 +296,7 @@ class ImportanceEstimate(eqx.Module):
     samples: int = eqx.field(static=True)
     self_normalized: bool = eqx.field(static=True)
     proposal: object  # a numpyro distribution with constant parameters
+    eval_samples: int = eqx.field(static=True, default=EVAL_SAMPLES)
 
     def draw(self, dist, key, k):
         """``(z, w)``: ``k`` proposal samples (stop-gradient) and their weights ``q(z)/p(z)``
@@ -307,7 +313,7 @@ class ImportanceEstimate(eqx.Module):
         return z, w
 
     def surrogate(self, name, dist, body, key, cast):
-        key, k = _eval_key_and_count(key, self.samples)
+        key, k = _eval_key_and_count(key, self.samples, self.eval_samples)
         z, w = self.draw(dist, key, k)
         f = jax.vmap(body)(cast(z), jnp.arange(k))
         return _weighted_mean(w, f)

@@ -15,8 +15,8 @@ import numpy as np
 from vrlang.check.distributions import DISTRIBUTIONS
 from vrlang.check.program import BinderInfo
 from vrlang.errors import VrEstimatorError
-from vrlang.estimators.expectation import (GREEDY_FAMILIES, EMAScoreEstimate, EnumEstimate, ImportanceEstimate,
-                                           ReparamEstimate, ScoreEstimate)
+from vrlang.estimators.expectation import (EVAL_SAMPLES, GREEDY_FAMILIES, EMAScoreEstimate, EnumEstimate,
+                                           ImportanceEstimate, ReparamEstimate, ScoreEstimate)
 from vrlang.estimators.spec import Spec, check_args, number
 from vrlang.syntax import ast
 from vrlang.transforms.base import EstimatorChoice, Transform
@@ -34,6 +34,11 @@ def _samples(spec: Spec) -> int:
     return number(spec, "samples", 1, integer=True)
 
 
+def _eval_samples(spec: Spec) -> int:
+    """Samples of the fixed-key evaluation (logged objective, reports, Program.objective): max(k, this)."""
+    return number(spec, "eval_samples", EVAL_SAMPLES, integer=True)
+
+
 def require_scalar_body(binder: BinderInfo, what: str, span) -> None:
     """E314: ``what`` (a per-sample coefficient or baseline) needs ``E(z ~ D: f)`` with ``f`` a real scalar."""
     for node in binder.nodes:
@@ -47,7 +52,7 @@ class Reparam(Transform):
     kind, names = "random", ("reparam",)
 
     def apply(self, binder, spec, sizes):
-        check_args(spec, {"samples": ""}, "estimator")
+        check_args(spec, {"samples": "", "eval_samples": ""}, "estimator")
         name = _dist_name(binder)
         if not DISTRIBUTIONS[name].reparam:
             raise VrEstimatorError("E305", f"`reparam` does not apply to `{binder.name} ~ {name}(...)`: "
@@ -57,14 +62,14 @@ class Reparam(Transform):
         k = _samples(spec)
         return EstimatorChoice(binder.name, binder.kind, spec, True, f"{k} body evaluation{'s' * (k > 1)} per step",
                                "none", f"pathwise: mean over {k} of f(g(eps)), eps ~ base noise",
-                               plan=ReparamEstimate(k))
+                               plan=ReparamEstimate(k, _eval_samples(spec)))
 
 
 class Score(Transform):
     kind, names = "random", ("score",)
 
     def apply(self, binder, spec, sizes):
-        check_args(spec, {"samples": "", "baseline": ""}, "estimator")
+        check_args(spec, {"samples": "", "baseline": "", "eval_samples": ""}, "estimator")
         k = _samples(spec)
         b = spec.args.get("baseline", Spec("none", {}))
         # a Spec (`loo`, `ema(decay = 0.9)`) or a call with positional arguments (`ema(0.9)`)
@@ -109,7 +114,7 @@ class Score(Transform):
                                + (" + k per-sample scores (vmap(grad log q))" if bname == "optimal" else ""),
                                "k copies of the distribution's parameters (per-sample scores)" if bname == "optimal"
                                else "none", note,
-                               plan=ScoreEstimate(k, bname))
+                               plan=ScoreEstimate(k, bname, _eval_samples(spec)))
 
 
 def _ema(binder, spec: Spec, b, k: int) -> EstimatorChoice:
@@ -136,7 +141,7 @@ def _ema(binder, spec: Spec, b, k: int) -> EstimatorChoice:
             "only); needs a first-order solve with the full or sgd family on the sums around it")
     return EstimatorChoice(binder.name, binder.kind, spec, True, f"{k} body evaluation{'s' * (k > 1)} per step",
                            "one running mean per element of the body (per item inside a sum)", note,
-                           plan=EMAScoreEstimate(k, float(decay)))
+                           plan=EMAScoreEstimate(k, float(decay), _eval_samples(spec)))
 
 
 class Enum(Transform):
@@ -177,7 +182,7 @@ class Importance(Transform):
         self.consts = consts or {}
 
     def apply(self, binder, spec, sizes):
-        check_args(spec, {"proposal": "", "samples": "", "self_normalized": ""}, "estimator")
+        check_args(spec, {"proposal": "", "samples": "", "self_normalized": "", "eval_samples": ""}, "estimator")
         prop = spec.args.get("proposal")
         if not isinstance(prop, ast.Call) or prop.func not in DISTRIBUTIONS:
             raise VrEstimatorError("E313", "`importance` needs `proposal = D(...)`, a distribution with constant "
@@ -201,7 +206,7 @@ class Importance(Transform):
         note = (f"BIASED (self-normalised weights, consistent as samples grow): sum w f / sum w, z ~ {prop.func}"
                 if sn else f"mean of q(z)/p(z) f(z), z ~ proposal {prop.func}")
         return EstimatorChoice(binder.name, binder.kind, spec, not sn, f"{k} body evaluations per step", "none",
-                               note, plan=ImportanceEstimate(k, sn, proposal))
+                               note, plan=ImportanceEstimate(k, sn, proposal, _eval_samples(spec)))
 
 
 def default_spec(binder: BinderInfo) -> Spec:
