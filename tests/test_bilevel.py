@@ -214,8 +214,8 @@ def test_explain_reports_method_bias_and_cost():
 
 
 @pytest.mark.parametrize("estimator, code, words", [
-    ("penalty(sigma = 10)", "E391", "not available yet"),
-    ("borep(period = 5)", "E391", "not available yet"),
+    ("penalty(sigma = 0)", "E302", "positive"),
+    ("borep(period = 0)", "E302", "positive"),
     ("implicit(linsolve = foo)", "E302", "cg, neumann, direct"),
     ("implicit(inner = svrg(steps = 10))", "E391", "inner solver `svrg` is not available yet"),
     ("implicit(inner = newton)", "E302", "sgd, lbfgs"),

@@ -42,7 +42,7 @@ from vrlang.syntax import ast, parse_program, parse_spec
 from vrlang.transforms import EstimatorChoice, choose, default
 from vrlang.transforms.finite_sum import resolve as resolve_finite_sums
 from vrlang.transforms.control_variate import resolve as resolve_control_variates
-from vrlang.transforms.bilevel import refuse_stochastic_inner
+from vrlang.transforms.bilevel import check_decisions, check_solver
 from vrlang.trainable import attach as attach_trainable
 
 DEFAULT_SOLVER = "sgd(lr = auto, epochs = 100)"
@@ -358,6 +358,7 @@ class Program:
               on_epoch: Callable | None = None) -> Result:
         """Run the solver; see LANGUAGE.md §5-6."""
         cfg = self.solver if solver is None else solver_config(_spec(solver, "solver"))
+        check_solver(self.choices, cfg)
         if cfg.name == "lbfgs" and any(c.sampler is not None or _stochastic(c) for c in self.choices.values()):
             raise VrEstimatorError("E502", "lbfgs is deterministic: every finite sum must be estimated by `full` "
                                    "and every expectation by `enum`",
@@ -448,7 +449,7 @@ class _KeyedEstimator:
 
     def init(self, params, key=0):
         with self._ctx():
-            return self.module.init(self._params(params), self._key(key))
+            return _jit_init(self.module, self._params(params), self._key(key))
 
     def estimate(self, params, state, key):
         with self._ctx():
@@ -458,6 +459,11 @@ class _KeyedEstimator:
 @jax.jit
 def _jit_estimate(module, params, state, key):
     return module.estimate(params, state, key)
+
+
+@jax.jit
+def _jit_init(module, params, key):  # an init may solve inner problems (binder state): compiled, not op by op
+    return module.init(params, key)
 
 
 def _print_epoch(epoch, obj, gnorm, t):
@@ -633,6 +639,7 @@ def compile(src: str | os.PathLike, *, consts: Mapping | None = None, externs: M
             raise VrEstimatorError("E312", f"extern `{unknown_ext[0]}` is not declared in the program", None,
                                    f"declare it: extern {unknown_ext[0]}(x: real) -> real")
         _refuse_unsupported(cp, choices)
+        check_solver(choices, scfg)  # borep: normalised momentum
         sampled = {b for b, c in choices.items() if c.sampler is not None or _stochastic(c)}
         warnings = switched + cv_warnings + bias.analyse(cp.objective, sampled,
                                                          kinds={b: i.kind for b, i in cp.binders.items()})
@@ -660,7 +667,7 @@ def _refuse_unsupported(cp: CheckedProgram, choices) -> None:
         raise VrEstimatorError("E394", f"saga with more than one sampled sum is not supported yet "
                                f"(sampled: {', '.join(f'`{b}`' for b in sampled)})", choices[saga[0]].spec.span,
                                "estimate one binder by saga and the others by full, or use svrg/lsvrg")
-    refuse_stochastic_inner(cp, choices)  # decision binders: the inner problem must be deterministic (for now)
+    check_decisions(cp, choices)  # decision binders: stochastic inner problems (penalty only), binder state
 
 
 def _stochastic(choice: EstimatorChoice) -> bool:

@@ -10,7 +10,7 @@ grow with the data size.  Which sums are sampled, and how, is given by *samplers
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import jax
@@ -18,6 +18,7 @@ import jax.numpy as jnp
 
 from vrlang.backend import builtins as JB
 from vrlang.errors import VrDataError, VrEstimatorError
+from vrlang.ir import homes
 from vrlang.ir import nodes as N
 
 _DTYPES = {"real": None, "int": jnp.int32, "bool": jnp.bool_}
@@ -45,17 +46,24 @@ class Env:
     # id(node) -> value of the nodes evaluated in this env: a node shared by several uses (a `let`, a def's
     # argument) is traced once.  Fresh for every Env (bind, replace); an Env is evaluated under one trace.
     memo: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+    # decision binders already solved at their home (vrlang.ir.homes): binder -> its value here
+    decided: dict = field(default_factory=dict)
 
     def dim(self, d):
         return d if isinstance(d, int) else self.dims[d]
 
     def bind(self, name, value, key=None) -> "Env":
-        return Env(self.params, self.data, self.consts, self.dims, self.key if key is None else key, self.samplers,
-                   {**self.vars, name: value}, self.plans, self.memory, self.collect)
+        return replace(self, key=self.key if key is None else key, vars={**self.vars, name: value})
 
     def stateless(self) -> "Env":
         """The same environment with no binder state (nested bodies whose state is not tracked)."""
-        return Env(self.params, self.data, self.consts, self.dims, self.key, self.samplers, self.vars, self.plans)
+        return replace(self, memory=None, collect=None)
+
+    def frozen(self) -> "Env":
+        """Stateless, and no gradient reaches the params, consts or outer variables (for inner loops)."""
+        sg = jax.lax.stop_gradient
+        return replace(self, params=sg(self.params), consts=sg(self.consts), vars=sg(self.vars),
+                       decided=sg(self.decided), memory=None, collect=None)
 
 
 class Interpreter:
@@ -68,7 +76,7 @@ class Interpreter:
     def __call__(self, node: N.Node, env: Env):
         if self.trace_counter is not None:
             self.trace_counter[0] += 1
-        return self.evaluate(node, env)
+        return self.at_home(node, env)
 
     def evaluate(self, node: N.Node, env: Env):
         k = id(node)
@@ -137,13 +145,11 @@ class Interpreter:
             # random choices inside the body get an independent key per item
             key = None if env.key is None else jax.random.fold_in(env.key, i)
             if not tracked:
-                return self.evaluate(node.body, env.bind(node.binder, i, key))
+                return self.at_home(node.body, env.bind(node.binder, i, key))
             # binder state nested in this sum: item i reads its own slice and reports its new state
-            mem = {b: m[i - lo] for b, m in (env.memory or {}).items() if b in tracked}
-            inner = env.bind(node.binder, i, key)
-            inner = Env(inner.params, inner.data, inner.consts, inner.dims, inner.key, inner.samplers, inner.vars,
-                        inner.plans, mem, {})
-            return self.evaluate(node.body, inner), inner.collect
+            mem = {b: _tree(lambda a: a[i - lo], m) for b, m in (env.memory or {}).items() if b in tracked}
+            inner = replace(env.bind(node.binder, i, key), memory=mem, collect={})
+            return self.at_home(node.body, inner), inner.collect
 
         exact = sampler is None or env.key is None
         if exact:
@@ -161,7 +167,7 @@ class Interpreter:
                 if exact:
                     env.collect[b] = new
                 elif old is not None:  # only the sampled items' state changes
-                    env.collect[b] = old.at[idx - lo].set(new)
+                    env.collect[b] = _tree(lambda o, n: o.at[idx - lo].set(n), old, new)
         if exact:
             total = jnp.sum(_as_float(vals), axis=0) if node.type.base == "real" else jnp.sum(vals, axis=0)
         else:
@@ -169,12 +175,15 @@ class Interpreter:
         return total / n if node.mean else total
 
     def _tracked(self, node: N.Sum, env: Env) -> frozenset:
-        """The stateful binders nested in this sum's body (empty when the evaluation keeps no state)."""
+        """The stateful binders solved per item of this sum: nested in its body and using its variable
+        (or a binder inside it); the others are solved once, outside (vrlang.ir.homes).  Empty when the
+        evaluation keeps no state."""
         if env.collect is None:
             return frozenset()
         found = set()
         for inner in N.walk(node.body):
-            if isinstance(inner, (N.Decision, N.Expect)) and getattr(env.plans.get(inner.binder), "stateful", False):
+            if isinstance(inner, (N.Decision, N.Expect)) and getattr(env.plans.get(inner.binder), "stateful", False) \
+                    and (isinstance(inner, N.Expect) or homes.stays_inside(node, inner)):
                 found.add(inner.binder)
         return frozenset(found)
 
@@ -198,8 +207,8 @@ class Interpreter:
             # evaluated at the sample instead of the body (a control variate's g and mean)
             key = None if env.key is None or j is None else jax.random.fold_in(env.key, j)
             # (binder state is not tracked per sample: nested decision binders start cold)
-            return _as_float(self.evaluate(node.body if expr is None else expr,
-                                           env.stateless().bind(node.binder, z, key)))
+            return _as_float(self.at_home(node.body if expr is None else expr,
+                                          env.stateless().bind(node.binder, z, key)))
 
         key = None if env.key is None else jax.random.fold_in(env.key, binder_salt(node.binder))
         if env.collect is not None and getattr(plan, "stateful", False):  # e.g. an ema baseline
@@ -208,20 +217,49 @@ class Interpreter:
             return out
         return plan.surrogate(dist.name, q, body, key, cast)
 
+    def at_home(self, body: N.Node, env: Env):
+        """Evaluate ``body`` after solving the decision binders whose home it is (vrlang.ir.homes):
+        each is solved once here and its value handed down, instead of once per item of the sums
+        between here and its use.  A method with a term at its home (``penalty``) evaluates the
+        body itself: it changes the objective around the argmin."""
+        todo = [d for d in homes.hoisted(body) if d.binder not in env.decided and d.binder in env.plans]
+        if not todo:
+            return self.evaluate(body, env)
+        env = replace(env, decided=dict(env.decided))  # filled in order: later ones may use earlier ones
+        local = None
+        for d in todo:
+            plan = env.plans[d.binder]
+            if getattr(plan, "home_term", False):
+                local = (d, plan)  # at most one per home (refused at compile time otherwise)
+            else:
+                env.decided[d.binder] = self._decide(d, env)
+        if local is None:
+            return self.evaluate(body, env)
+        return self._penalised(body, env, *local)
+
     def ev_decision(self, node: N.Decision, env: Env):
+        if node.binder in env.decided:  # solved at its home
+            return env.decided[node.binder]
+        return self._decide(node, env)
+
+    def _init(self, node: N.Decision, env: Env):
+        shape = tuple(env.dim(d) for d in node.var_type.shape)
+        return jnp.zeros(shape, jnp.result_type(float)) if node.init is None else \
+            jnp.broadcast_to(_as_float(self.evaluate(node.init, env)), shape)
+
+    def _decide(self, node: N.Decision, env: Env):
         # the plan (vrlang.estimators.bilevel: Implicit or Unroll) solves the inner problem and gives its gradient
         plan = env.plans.get(node.binder)
         if plan is None:  # the driver always chooses one; the runtime used alone may not
             raise VrEstimatorError("E390", f"no hypergradient method for the decision binder `{node.binder}`",
                                    node.span)
-        shape = tuple(env.dim(d) for d in node.var_type.shape)
-        init = jnp.zeros(shape, jnp.result_type(float)) if node.init is None else \
-            jnp.broadcast_to(_as_float(self.evaluate(node.init, env)), shape)
-        # the inner objective is evaluated exactly (key=None): stochastic inner problems are refused at compile time
-        inner = Env(env.params, env.data, env.consts, env.dims, None, env.samplers, env.vars, env.plans)
+        init = self._init(node, env)
+        # the inner objective is evaluated exactly (key=None): stochastic inner problems are refused at compile
+        # time (except with penalty, whose inner objective is evaluated by _penalised)
+        inner = replace(env, key=None, memory=None, collect=None)
 
         def objective(v):
-            return _as_float(self.evaluate(node.body, inner.bind(node.binder, v)))
+            return _as_float(self.at_home(node.body, inner.bind(node.binder, v)))
 
         if env.collect is not None and getattr(plan, "stateful", False):
             # warm start: the inner solve starts from this binder's last solution (its state)
@@ -230,8 +268,36 @@ class Interpreter:
             return out
         return plan.decide(node.op, objective, init)
 
+    def _penalised(self, body: N.Node, env: Env, node: N.Decision, plan):
+        """``body`` with the argmin ``node`` replaced by a tracked variable y and the penalty term of
+        its method (vrlang.estimators.penalty) added: the outer objective f(y) is ``body``."""
+        from vrlang.estimators.penalty import HomeProblem
+
+        init = self._init(node, env)
+        sign = -1.0 if node.op == "argmax" else 1.0
+        frozen = env.frozen()
+
+        def outer(v, key, is_frozen=False):
+            e = frozen if is_frozen else env
+            return _as_float(self.evaluate(body, replace(e, key=key, decided={**e.decided, node.binder: v})))
+
+        def inner(v, key, is_frozen=False):
+            e = replace(frozen if is_frozen else env, key=key, memory=None, collect=None)
+            return sign * _as_float(self.at_home(node.body, e.bind(node.binder, v)))
+
+        home = HomeProblem(outer, inner, env.key, env.consts)
+        if env.collect is None:  # an exact evaluation: the true objective's value, the penalty's gradient
+            return plan.exact(home, init)
+        value, state = plan.tracked(home, init, (env.memory or {}).get(node.binder))
+        env.collect[node.binder] = jax.lax.stop_gradient(state)
+        return value
+
     def ev_dist(self, node, env):  # pragma: no cover - only reached through ev_expect
         raise VrEstimatorError("E390", "distributions are not compiled yet", node.span)
+
+
+def _tree(fn, *trees):
+    return jax.tree_util.tree_map(fn, *trees)
 
 
 def _as_float(x):

@@ -77,6 +77,9 @@ step of a stochastic or first-order solve starts the inner solver at the previou
 solution, kept as binder state by :mod:`vrlang.estimators.binder_state`; inside a sum over
 blocks each block keeps its own (the blockwise scheme of multi-block bilevel problems).
 Exact evaluations (the logged objective, ``Program.grad``, ``lbfgs``) start from ``init``.
+
+Two further methods keep their own binder state: the fully first-order penalty (F2SA) in
+:mod:`vrlang.estimators.penalty` and BO-REP in :mod:`vrlang.estimators.borep`.
 """
 
 from __future__ import annotations

@@ -4,9 +4,15 @@ Some binder estimators keep state across the steps of a solve:
 
 * a decision binder estimated by ``implicit`` warm-starts its inner solver at the previous
   step's solution (:class:`vrlang.estimators.bilevel.Implicit` with ``warm``);
+* ``penalty`` (:mod:`vrlang.estimators.penalty`) tracks the pair ``y``, ``z`` of F2SA and
+  ``borep`` (:mod:`vrlang.estimators.borep`) the periodically updated lower variable; a state
+  may be any pytree of arrays (a dict for these two);
 * inside a finite sum over blocks, ``mean(t in 0..T: f_t(argmin(v: g_t(v, x))))``, each
   block keeps its own inner variable: the state has a leading axis of size ``T``, a step that
-  samples blocks :math:`B` reads and rewrites only the rows :math:`t \in B`.  With
+  samples blocks :math:`B` reads and rewrites only the rows :math:`t \in B`.  Only the sums
+  whose variable the inner problem uses (directly or through a binder inside them) add an
+  axis: a decision binder is solved once at its *home* (:mod:`vrlang.ir.homes`), so an argmin
+  inside a validation mean that does not use the validation index keeps a single state.  With
   ``estimate t by sgd(batch = b)`` a step solves ``b`` inner problems, each from its block's
   last solution -- the blockwise scheme of multi-block bilevel methods (Hu, Zhang, Zhang &
   Yang, "Blockwise stochastic variance-reduced methods with parallel speedup for

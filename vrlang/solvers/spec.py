@@ -5,6 +5,9 @@
 ``adam(lr)``           optax.adam
 ``lbfgs``              optax.lbfgs with zoom line search (deterministic: needs
                        ``full`` estimators)
+``normalized(lr, beta)``  normalised momentum: m = beta m + (1 - beta) g,
+                       u -= lr m / ||m|| (Cutkosky & Mehta, ICML 2020; the upper
+                       step of BO-REP); lr is a number (default 0.01), beta 0.9
 ====================  =====================================================
 
 Stopping: ``epochs = k`` (one epoch = n component gradients), ``steps = k``,
@@ -16,18 +19,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import jax
+import jax.numpy as jnp
 import optax
 
 from vrlang.errors import VrEstimatorError
 from vrlang.estimators.spec import Spec, check_args, number
 
-SOLVERS = ("sgd", "adam", "lbfgs")
-PLANNED = ("normalized", "halpern")
+SOLVERS = ("sgd", "adam", "lbfgs", "normalized")
+PLANNED = ("halpern",)
 STOP_ARGS = {"epochs": "", "steps": "", "tol": "", "time": ""}
 ARGS = {
     "sgd": {"lr": "", "momentum": "", **STOP_ARGS},
     "adam": {"lr": "", "b1": "", "b2": "", **STOP_ARGS},
     "lbfgs": {"memory": "", **STOP_ARGS},
+    "normalized": {"lr": "", "beta": "", **STOP_ARGS},
 }
 DEFAULT_EPOCHS = 100
 
@@ -45,10 +51,11 @@ class SolverConfig:
     tol: float | None
     time: float | None
     spec: Spec
+    beta: float = 0.9  # normalized: the momentum's averaging weight
 
     def hyper(self) -> dict:
         """The traced hyperparameters (changing them never recompiles)."""
-        return {"momentum": self.momentum, "b1": self.b1, "b2": self.b2}
+        return {"momentum": self.momentum, "b1": self.b1, "b2": self.b2, "beta": self.beta}
 
 
 def solver_config(spec: Spec) -> SolverConfig:
@@ -64,6 +71,8 @@ def solver_config(spec: Spec) -> SolverConfig:
     lr = None
     if spec.name in ("sgd", "adam"):
         lr = number(spec, "lr", spec.args.get("lr", Spec("auto", {})), allow_auto=True)
+    elif spec.name == "normalized":  # the step length itself: no smoothness-based rule
+        lr = number(spec, "lr", 0.01)
     epochs = number(spec, "epochs", 1, integer=True) if "epochs" in spec.args else None
     steps = number(spec, "steps", 1, integer=True) if "steps" in spec.args else None
     if epochs is None and steps is None:
@@ -77,6 +86,7 @@ def solver_config(spec: Spec) -> SolverConfig:
         tol=number(spec, "tol", 1.0) if "tol" in spec.args else None,
         time=number(spec, "time", 1.0) if "time" in spec.args else None,
         spec=spec,
+        beta=0.0 if spec.args.get("beta") == 0 else number(spec, "beta", 0.9, upper=0.999999),
     )
 
 
@@ -88,4 +98,17 @@ def make_optimizer(name: str, lr, hyper: dict, memory: int) -> optax.GradientTra
         return optax.adam(lr, b1=hyper["b1"], b2=hyper["b2"])
     if name == "lbfgs":
         return optax.lbfgs(memory_size=memory)
+    if name == "normalized":
+        return optax.chain(optax.ema(hyper["beta"], debias=False), _normalize(), optax.scale(-lr))
     raise ValueError(name)  # pragma: no cover
+
+
+def _normalize() -> optax.GradientTransformation:
+    """``u -> u / ||u||`` over the whole pytree (0 stays 0)."""
+
+    def update(updates, state, params=None):
+        norm = optax.tree.norm(updates)
+        scale = jnp.where(norm > 0, 1.0 / jnp.where(norm > 0, norm, 1.0), 0.0)
+        return jax.tree_util.tree_map(lambda u: u * scale.astype(u.dtype), updates), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)

@@ -12,7 +12,7 @@ from vrlang.check.program import BinderInfo
 from vrlang.errors import VrEstimatorError
 from vrlang.estimators.spec import Spec
 from vrlang.transforms.base import EstimatorChoice, Transform
-from vrlang.transforms.bilevel import ImplicitDecision, UnrollDecision
+from vrlang.transforms.bilevel import BoRepDecision, ImplicitDecision, PenaltyDecision, UnrollDecision
 from vrlang.transforms.control_variate import ControlVariate
 from vrlang.transforms.expectation import Enum, Importance, Reparam, Score, default_spec
 from vrlang.transforms.finite_sum import (FullSum, LSVRGSum, MinibatchSum, PAGESum, SAGASum, SARAHSum, SPIDERSum,
@@ -20,7 +20,7 @@ from vrlang.transforms.finite_sum import (FullSum, LSVRGSum, MinibatchSum, PAGES
 
 TRANSFORMS: list[Transform] = [FullSum(), MinibatchSum(), SVRGSum(), LSVRGSum(), SAGASum(), SARAHSum(), SPIDERSum(),
                                PAGESum(), STORMSum(), Reparam(), Score(), Enum(), Importance(), ControlVariate(),
-                               ImplicitDecision(), UnrollDecision()]
+                               ImplicitDecision(), UnrollDecision(), PenaltyDecision(), BoRepDecision()]
 
 KNOWN = {
     "index": ("full", "sgd", "svrg", "lsvrg", "saga", "sarah", "spider", "page", "storm"),

@@ -1,15 +1,18 @@
-"""Decision binders (``argmin``/``argmax``/``min``/``max``): ``implicit`` and ``unroll``.
+"""Decision binders (``argmin``/``argmax``/``min``/``max``): ``implicit``, ``unroll``, ``penalty``, ``borep``.
 
-``implicit(linsolve = cg | neumann | direct, iters = k, inner = SOLVER, warm = true)`` (the default) and
-``unroll(steps = k, lr = c | auto)``; the runtime pieces are in
-:mod:`vrlang.estimators.bilevel`.  Inner solvers: ``sgd(lr = c | auto, steps = k, tol = t)``
-(gradient descent with a fixed step: the inner objective is evaluated exactly) and
-``lbfgs(steps = k, memory = m, tol = t)`` (the default, ``steps = 100``).  ``penalty`` and
-``borep`` are reserved (E391).
+``implicit(linsolve = cg | neumann | direct, iters = k, inner = SOLVER, warm = true)`` (the default),
+``unroll(steps = k, lr = c | auto)`` (runtime pieces in :mod:`vrlang.estimators.bilevel`),
+``penalty(sigma = s, growth = r, lr = c | auto, steps = k, inner = SOLVER)`` (F2SA,
+:mod:`vrlang.estimators.penalty`) and ``borep(period = I, steps = N, lr = c | auto, iters = Q,
+alpha = a, inner = SOLVER)`` (BO-REP, :mod:`vrlang.estimators.borep`; with the outer solver
+``normalized``).  Inner solvers: ``sgd(lr = c | auto, steps = k, tol = t)`` (gradient descent with
+a fixed step: the inner objective is evaluated exactly) and ``lbfgs(steps = k, memory = m, tol = t)``
+(the default, ``steps = 100``).
 
-The inner problem is deterministic in this version: a sampled estimator (a minibatched
-sum, a sampled expectation) inside the body of a decision binder is refused with E391 by
-:func:`refuse_stochastic_inner`.
+The inner problem is deterministic except with ``penalty``: a sampled estimator (a minibatched
+sum, a sampled expectation) inside the body of a decision binder estimated otherwise is refused
+with E391 by :func:`refuse_stochastic_inner`.  :func:`check_decisions` runs every compile-time
+check of this module.
 """
 
 from __future__ import annotations
@@ -17,7 +20,10 @@ from __future__ import annotations
 from vrlang.check.program import BinderInfo
 from vrlang.errors import VrEstimatorError
 from vrlang.estimators.bilevel import CG, LBFGS, POWER_ITERS, Direct, GradientDescent, Implicit, Neumann, Unroll
+from vrlang.estimators.borep import BoRep
+from vrlang.estimators.penalty import AUTO_DRAWS, Penalty
 from vrlang.estimators.spec import Spec, check_args, number
+from vrlang.ir import homes
 from vrlang.ir import nodes as N
 from vrlang.transforms.base import EstimatorChoice, Transform
 
@@ -154,8 +160,92 @@ class UnrollDecision(Transform):
                                plan=Unroll(gd))
 
 
+def _const_or_number(spec: Spec, key: str, default, *, allow_auto=False, zero_ok=False):
+    """A number, ``auto``, or the name of a scalar const (checked by :func:`check_decisions`; traced)."""
+    v = spec.args.get(key, default)
+    if isinstance(v, Spec) and not v.args and v.name != "auto":
+        return v.name
+    if zero_ok and not isinstance(v, bool) and v == 0:
+        return 0.0
+    return number(spec, key, default, allow_auto=allow_auto)
+
+
+def _value_function_refused(binder, spec):
+    ops = _ops(binder)
+    if ops & {"min", "max"}:
+        op = sorted(ops & {"min", "max"})[0]
+        raise VrEstimatorError("E303", f"`{spec.name}` does not apply to `{op}(...)` (`{binder.name}`): it "
+                               "estimates the hypergradient through an argmin/argmax; the gradient of a value "
+                               "function is already first order (Danskin's theorem)", spec.span,
+                               f"estimate {binder.name} by implicit (a value function needs no linear solve)")
+
+
+class PenaltyDecision(Transform):
+    kind, names = "decision", ("penalty",)
+
+    def apply(self, binder, spec, sizes):
+        check_args(spec, {"sigma": "", "growth": "", "lr": "", "steps": "", "inner": ""}, "estimator")
+        _value_function_refused(binder, spec)
+        sigma = _const_or_number(spec, "sigma", 100.0)
+        growth = _const_or_number(spec, "growth", 0.0, zero_ok=True)
+        lr = _const_or_number(spec, "lr", Spec("auto", {}), allow_auto=True)
+        steps = 0 if spec.args.get("steps") == 0 else number(spec, "steps", 1, integer=True)
+        inner, inner_text = inner_solver(spec.args.get("inner", DEFAULT_INNER), spec)
+        show = (lambda v: f"the const `{v}`" if isinstance(v, str) else f"{v:g}")
+        sched = (f"sigma_t = {show(sigma)}" + ("" if growth == 0 else f" * (1 + t)^{show(growth)}")
+                 + " (t: the block's step count)")
+        lr_text = ("1/L of the inner objective (z) and of f/sigma + g (y), by power iteration at the initial "
+                   f"solutions, the largest over {AUTO_DRAWS} minibatch draws" if lr == "auto" else show(lr))
+        note = (f"BIASED: O(1/sigma) (Kwon et al. 2023, Lemma 3.1, mu-strongly convex inner problem): fully "
+                f"first-order value-function penalty (F2SA): grad = d_x f(x, y) + sigma (d_x g(x, y) - d_x g(x, z)) "
+                f"with y tracking argmin f/sigma + g and z tracking argmin g (binder state, one pair per block "
+                f"inside a sum); f is the body of the argmin's home (the innermost enclosing binder it uses, or "
+                f"the objective); {sched}; per step {steps} gradient step(s) on z and y with lr = {lr_text}; "
+                f"minibatched sums inside the inner and outer objectives give unbiased estimates of the penalty "
+                f"gradient; initial state and exact evaluations (the logged objective, Program.grad): y and z "
+                f"solved by {inner_text}, the true objective's value with the penalty gradient at sigma_0")
+        cost = (f"per outer step: {steps} x (1 gradient of g at z + 1 gradient of f/sigma + g at y) for the tracking "
+                "+ 1 gradient of f and 2 of g for the x-gradient; no Hessian-vector products"
+                + (f"; lr = auto: {2 * AUTO_DRAWS * POWER_ITERS} HVPs once" if lr == "auto" else "")
+                + "; exact evaluations: 2 inner solves")
+        memory = "2 copies of v (y, z) + a step counter and 2 step sizes, per block inside a sum over blocks"
+        plan = Penalty(inner, sigma, growth, None if lr == "auto" else lr, steps)
+        return EstimatorChoice(binder.name, binder.kind, spec, False, cost, memory, note, family="full", plan=plan)
+
+
+class BoRepDecision(Transform):
+    kind, names = "decision", ("borep",)
+
+    def apply(self, binder, spec, sizes):
+        check_args(spec, {"period": "", "steps": "", "lr": "", "iters": "", "alpha": "", "inner": ""}, "estimator")
+        _value_function_refused(binder, spec)
+        period = number(spec, "period", 5, integer=True)
+        steps = number(spec, "steps", 10, integer=True)
+        iters = number(spec, "iters", 20, integer=True)
+        lr = number(spec, "lr", Spec("auto", {}), allow_auto=True)
+        alpha = number(spec, "alpha", 1.0) if "alpha" in spec.args else None
+        inner, inner_text = inner_solver(spec.args.get("inner", DEFAULT_INNER), spec)
+        lr_text = "1/L (power iteration at the refined start)" if lr == "auto" else f"{lr:g}"
+        note = (f"BIASED: BO-REP (Hao, Gong & Liu, ICLR 2024): the lower variable y is refined once at the start "
+                f"({inner_text}), then updated only every {period} outer steps by {steps} gradient steps "
+                f"(lr = {lr_text}, warm-started; per block inside a sum over blocks); the hypergradient is implicit "
+                f"differentiation at the tracked y with a {iters}-term Neumann series (alpha = "
+                f"{'the lower step' if alpha is None else f'{alpha:g}'}): biased by the stale, inexact y and the "
+                f"truncation ((1 - alpha mu)^{iters} relative); the upper variable moves by normalised momentum: "
+                f"solve by normalized(lr, beta); differences from the paper: exact lower-level gradients and "
+                f"Hessian-vector products (no minibatched sums inside the argmin), the refinement is the inner "
+                f"solver; exact evaluations solve the inner problem from `= init`")
+        cost = (f"per outer step: {iters - 1} HVPs (Neumann) + gradients of f and g at y; every {period}th step "
+                f"also {steps} gradients of g (amortised {steps / period:g} per step); once: the refinement"
+                + (f" + {POWER_ITERS} HVPs for lr = auto" if lr == "auto" else ""))
+        memory = "1 copy of v + a step counter and the lower step size, per block inside a sum over blocks"
+        plan = BoRep(inner, period, steps, None if lr == "auto" else lr, iters, alpha)
+        return EstimatorChoice(binder.name, binder.kind, spec, False, cost, memory, note, family="full", plan=plan)
+
+
 def refuse_stochastic_inner(cp, choices: dict) -> None:
-    """E391 for a sampled estimator (minibatched sum, sampled expectation) inside a decision binder's body."""
+    """E391 for a sampled estimator (minibatched sum, sampled expectation) inside a decision binder's body,
+    unless the binder is estimated by ``penalty`` (first order: sampled inner sums are unbiased there)."""
     from vrlang.estimators.expectation import EnumEstimate
 
     def sampled(c) -> bool:
@@ -168,18 +258,77 @@ def refuse_stochastic_inner(cp, choices: dict) -> None:
     for node in N.walk(cp.objective):
         if not isinstance(node, N.Decision):
             continue
+        if isinstance(getattr(choices.get(node.binder), "plan", None), Penalty):
+            continue
         for inner in N.walk(node.body):
             if isinstance(inner, (N.Sum, N.Expect)) and inner.binder in choices and sampled(choices[inner.binder]):
                 c = choices[inner.binder]
                 what = "minibatched sum" if c.kind == "index" else "sampled expectation"
                 span = c.spec.span or inner.span
-                fix = (f"estimate {inner.binder} by full (the inner problem is then solved exactly)"
+                fix = (f"estimate {inner.binder} by full (the inner problem is then solved exactly), or estimate "
+                       f"{node.binder} by penalty (first order: minibatched inner sums are fine)"
                        if c.kind == "index" else
                        f"estimate {inner.binder} by enum if its support is finite, or move the expectation out of "
-                       f"the {node.op}")
+                       f"the {node.op}, or estimate {node.binder} by penalty")
                 raise VrEstimatorError("E391", f"the {what} `{inner.binder}` ({c.spec}) is inside the inner problem "
-                                       f"of {node.op}(`{node.binder}` ...): stochastic inner problems are not "
-                                       "available yet in this version", span, fix)
+                                       f"of {node.op}(`{node.binder}` ...): stochastic inner problems are available "
+                                       "with `penalty` only in this version", span, fix)
 
 
-__all__ = ["ImplicitDecision", "UnrollDecision", "refuse_stochastic_inner", "inner_solver"]
+_STATEFUL_ONLY = (Penalty, BoRep)
+
+
+def check_decisions(cp, choices: dict) -> None:
+    """Every compile-time check of the decision binders' estimators (E391, E393, E302)."""
+    refuse_stochastic_inner(cp, choices)
+    methods = {b: c for b, c in choices.items() if isinstance(c.plan, _STATEFUL_ONLY)}
+    if not methods:
+        return
+    roots = [cp.objective, *cp.reports.values()]
+    for b, c in methods.items():
+        name = c.spec.name
+        for node in (n for r in roots for n in N.walk(r)):
+            if isinstance(node, N.Decision) and node.binder != b and any(
+                    isinstance(m, N.Decision) and m.binder == b for m in N.walk(node.body)):
+                raise VrEstimatorError("E391", f"`{b}` is estimated by {name} inside the inner problem of "
+                                       f"`{node.binder}`: nested {name} is not available in this version",
+                                       c.spec.span, f"estimate {b} by implicit")
+        for arg in ("sigma", "growth", "lr"):
+            v = getattr(c.plan, arg, None)
+            if isinstance(v, str):
+                const = cp.consts.get(v)
+                if const is None or const.type.base != "real" or const.type.rank != 0:
+                    raise VrEstimatorError("E302", f"`{arg}` of `{name}` must be a number or the name of a real "
+                                           f"scalar const, got `{v}`", c.spec.arg_spans.get(arg) or c.spec.span,
+                                           f"declare `const {v}: real = ...`" if const is None else None)
+    for root in roots:  # one penalty per home: its term changes the home's body
+        seen = {}
+        for d, home in homes.homes(root).items():
+            if isinstance(getattr(choices.get(d), "plan", None), Penalty):
+                key = id(home)
+                if key in seen:
+                    where = "the objective" if home is None else f"the body of `{home.binder}`"
+                    raise VrEstimatorError("E391", f"`{seen[key]}` and `{d}` are both estimated by penalty and live "
+                                           f"in {where}: one penalty argmin per body in this version",
+                                           choices[d].spec.span, f"estimate {d} by implicit")
+                seen[key] = d
+    others = sorted({c.spec.name for c in choices.values() if c.kind == "index" and c.family not in ("full", "sgd")})
+    if others:
+        b = next(iter(methods))
+        raise VrEstimatorError("E393", f"`{b}` ({methods[b].spec.name}) keeps binder state, which is threaded through "
+                               f"the full and sgd estimators of sums only; combining it with {', '.join(others)} is "
+                               "not supported yet", methods[b].spec.span,
+                               "estimate the sums by full or sgd(batch = b)")
+
+
+def check_solver(choices: dict, solver) -> None:
+    """E503: ``borep`` moves the upper variable by normalised momentum, i.e. the solver ``normalized``."""
+    for b, c in choices.items():
+        if isinstance(c.plan, BoRep) and solver.name != "normalized":
+            raise VrEstimatorError("E503", f"`{b}` is estimated by borep, whose upper-level step is normalised "
+                                   f"momentum, but the solver is `{solver.spec}`", solver.spec.span or c.spec.span,
+                                   "solve by normalized(lr = 0.01, beta = 0.9, steps = 500)")
+
+
+__all__ = ["BoRepDecision", "ImplicitDecision", "PenaltyDecision", "UnrollDecision", "check_decisions",
+           "check_solver", "inner_solver", "refuse_stochastic_inner"]
