@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vrlang import data as D
+from vrlang.data_cache import DataCache
 from vrlang.backend.constraints import default_init, unconstrain
 from vrlang.backend import structured
 from vrlang.backend.lower import Env, Interpreter
@@ -115,6 +116,7 @@ class Program:
         self.trace_counter = [0]
         self._interp = Interpreter(self.externs, self.trace_counter)
         self._lowered: dict = {}
+        self._data_cache = DataCache()
 
     # ---- precision
     def _precision(self):
@@ -126,16 +128,34 @@ class Program:
 
     # ---- binding data
     def _bind(self, data: Mapping | None, consts: Mapping | None = None):
-        arrays, dims = D.validate(self.checked, D.gather(self.checked, data))
+        dims, jdata = self._bind_data(data)
         key = tuple(sorted(dims.items()))
         if key not in self._lowered:
             self._lowered[key] = self._lower(dims)
         fns = self._lowered[key]
         fdt = self.float_dtype
-        jdata = {k: jnp.asarray(v, fdt if v.dtype.kind == "f" else v.dtype) for k, v in arrays.items()}
         jconsts = {k: jnp.asarray(v, fdt if self.checked.consts[k].type.base == "real" else np.int32)
                    for k, v in self._merge_consts(consts).items()}
         return dims, fns, jdata, jconsts
+
+    def _bind_data(self, data: Mapping | None) -> tuple[dict[str, int], dict]:
+        """``(dims, device arrays)``: validated and converted once, in the program's float type, then
+        reused while the same array objects (or unchanged ``from`` files) come again (:mod:`vrlang.data_cache`)."""
+        base = Path(self.checked.file).parent if self.checked.file and not self.checked.file.startswith("<") \
+            else Path.cwd()
+        ck = self._data_cache.key(self.checked.data, data, base)
+        hit = self._data_cache.get(ck, data)
+        if hit is not None:
+            return hit
+        arrays, dims = D.validate(self.checked, D.gather(self.checked, data), self.float_dtype)
+        out = dims, {k: jnp.asarray(v) for k, v in arrays.items()}
+        self._data_cache.put(ck, data, out)
+        return out
+
+    def clear_data_cache(self) -> None:
+        """Forget the bound data: the next call validates and converts its data again (after editing an
+        array in place; see :mod:`vrlang.data_cache` for what is detected without it)."""
+        self._data_cache.clear()
 
     def _merge_consts(self, overrides: Mapping | None) -> dict[str, np.ndarray]:
         return _merge_consts(self.checked, self.consts, overrides)
@@ -296,7 +316,8 @@ class Program:
 
     def init_params(self, data: Mapping | None = None) -> dict[str, np.ndarray]:
         """The declared initial values (defaults at the centre of each constraint set)."""
-        arrays, dims = D.validate(self.checked, D.gather(self.checked, data))
+        with self._precision():
+            dims, _ = self._bind_data(data)
         return self._init_params(dims)
 
     def _init_params(self, dims) -> dict[str, np.ndarray]:
