@@ -23,15 +23,15 @@ from vrlang import data as D
 from vrlang.data_cache import DataCache
 from vrlang.backend.constraints import default_init, unconstrain
 from vrlang.backend import structured
-from vrlang.backend.lower import Env, Interpreter
+from vrlang.backend.lower import Env, Interpreter, binder_salt
 from vrlang.check import bias
 from vrlang.check.checker import check
 from vrlang.check.program import CheckedProgram
 from vrlang.errors import VrDataError, VrError, VrEstimatorError, VrTypeError, VrWarning
 from vrlang.estimators.base import CompiledObjective
-from vrlang.estimators.finite_sum import (FullGradient, LSVRGGradient, MinibatchGradient, PAGEGradient,
-                                          SAGAGLMGradient, SAGAGradient, SARAHGradient, SPIDERGradient, STORMGradient,
-                                          SVRGGradient)
+from vrlang.estimators.finite_sum import (FullGradient, LSVRGGLMGradient, LSVRGGradient, MinibatchGradient,
+                                          PAGEGradient, SAGAGLMGradient, SAGAGradient, SARAHGradient, SPIDERGradient,
+                                          STORMGradient, SVRGGLMGradient, SVRGGradient, GLMControl)
 from vrlang.estimators.sampling import FixedIndexSampler, UniformSampler, bind_samplers
 from vrlang.estimators.spec import Spec, to_spec
 from vrlang.ir import nodes as N
@@ -226,9 +226,12 @@ class Program:
             if len(epochs) > 1:
                 raise VrEstimatorError("E393", "`epoch` of `svrg` differs between the binders estimated by svrg",
                                        None, "give every binder estimated by svrg the same `epoch`")
-            m = epochs.pop() or spe
+            m = epochs.pop() or spe  # the snapshot period; an epoch of the history stays ceil(n / b) steps
             evals = 2.0 * fns["sampled_evals"] + fns["exact_evals"] / m
-            return SVRGGradient(obj, m, evals, m)
+            glm = self._glm_control(fns, obj)
+            if glm is not None:  # GLM body: one draw, scalar derivatives
+                return SVRGGLMGradient(glm, m, evals, spe)
+            return SVRGGradient(obj, m, evals, spe)
         if len(families) == 1 and families <= _VR_FAMILIES:
             return self._vr_estimator(next(iter(families)), fns, obj)
         names = ", ".join(f"{c.spec.name} on `{b}`" for b, c in self.choices.items() if c.family != "full")
@@ -252,6 +255,9 @@ class Program:
 
         if family == "lsvrg":
             p = option("p") or 1.0 / spe
+            glm = self._glm_control(fns, obj)
+            if glm is not None:  # GLM body: one draw, scalar derivatives
+                return LSVRGGLMGradient(glm, jnp.asarray(p, fdt), s, n_all, spe)
             return LSVRGGradient(obj, jnp.asarray(p, fdt), s, n_all, spe)
         if family == "saga":
             sampled = [b for b, c in self.choices.items() if c.sampler is not None]
@@ -272,7 +278,7 @@ class Program:
             return SAGAGradient(obj, n, sampler.batch, float(s), spe, sampler=sampler)
         if family == "sarah":
             m = option("epoch") or spe
-            return SARAHGradient(obj, m, (2.0 * s * (m - 1) + n_all) / m, m)
+            return SARAHGradient(obj, m, (2.0 * s * (m - 1) + n_all) / m, spe)
         if family == "spider":
             large = None
             restart = n_all
@@ -287,6 +293,18 @@ class Program:
         if family == "storm":
             return STORMGradient(obj, jnp.asarray(option("a"), fdt), 2.0 * s, spe)
         raise AssertionError(family)  # pragma: no cover
+
+    def _glm_control(self, fns, obj: CompiledObjective):
+        """SVRG/L-SVRG on a GLM body (``glm_svrg``, set by ``resolve``): the scalar-derivative step, or None."""
+        sampled = [b for b, c in self.choices.items() if c.sampler is not None]
+        if len(sampled) != 1 or not self.choices[sampled[0]].options.get("glm_svrg"):
+            return None
+        (b,) = sampled
+        gf = fns["structured"]["glm"].get(b)
+        if gf is None or len(fns["node_sizes"][b]) != 1:
+            return None
+        sampler = bind_samplers({b: self.choices[b].sampler}, obj.data)[b]
+        return GLMControl(obj, gf.n, gf.margin, gf.frozen, sampler, binder_salt(b))
 
     # ---- public API
     def gradient_estimator(self, data: Mapping | None = None, consts: Mapping | None = None):
