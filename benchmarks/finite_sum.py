@@ -587,11 +587,17 @@ def memory_child(variant: str, n: int, d: int) -> dict:
     del state, state2
     res = prog.solve(data={"X": X, "y": y}, consts={"lam": lam}, solver="sgd(lr = 1, steps = 20)")
     rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    try:  # accelerators report their own peak (the CPU backend reports None)
+        stats = jax.devices()[0].memory_stats() or {}
+    except Exception:  # pragma: no cover
+        stats = {}
+    dev_peak = stats.get("peak_bytes_in_use")
     return {"variant": variant, "estimator": type(est.module).__name__, "n": n, "d": d,
             "state_bytes": state_bytes, "data_bytes": int(X.nbytes + y.nbytes),
             "peak_rss_before_mib": rss_before, "peak_rss_after_mib": rss_after, "steps": int(res.steps),
             "rss_before_state_mib": rss_now, "rss_with_state_mib": rss_state,
-            "rss_second_state_mib": (rss_state2 - rss_state) if rss_state2 and rss_state else None}
+            "rss_second_state_mib": (rss_state2 - rss_state) if rss_state2 and rss_state else None,
+            "device_peak_mib": dev_peak / 2**20 if dev_peak else None}
 
 
 def _vm(field: str):
@@ -706,7 +712,8 @@ def write_report(res: dict, path: Path):
     L.append(f"- command: `{res['command']}`")
     L.append(f"- date: {res['date']} (total run time {res['total_s'] / 60:.1f} min, budget {res['budget_min']} min)")
     L.append(f"- machine: {m['cpu']}, {m['cores']} cores ({m['usable_cores']} usable), {m['ram_gib']:.1f} GiB RAM; "
-             f"Python {m['python']}, jax {m['jax']} (backend `{m['backend']}`), numpy {m['numpy']}, scipy {m['scipy']}, "
+             f"Python {m['python']}, jax {m['jax']} (backend `{m['backend']}`, `jax.devices()` = "
+             f"`{m.get('devices', '?')}`), numpy {m['numpy']}, scipy {m['scipy']}, "
              f"scikit-learn {m['sklearn']}; vrlang commit {m['commit']}")
     la, lb = m["load_avg_start"], res["load_avg_end"]
     L.append(f"- load average at start {la[0]:.2f}/{la[1]:.2f}/{la[2]:.2f}, at end {lb[0]:.2f}/{lb[1]:.2f}/{lb[2]:.2f} "
@@ -867,8 +874,7 @@ def write_report(res: dict, path: Path):
                  "`state bytes` = sum of the leaves' nbytes of `est.init(params, key)` (the exact measure); "
                  "`RSS growth from one more state` = resident memory added by a second `est.init` while the first "
                  "state is alive (no compilation in between; it also counts transients of `init` that the "
-                 "allocator keeps: SVRG's init evaluates the exact gradient, whose lowering materialises an n×d "
-                 "copy of X, see the report); the first `est.init` also compiles; peak "
+                 "allocator keeps, e.g. of SVRG's exact snapshot gradient); the first `est.init` also compiles; peak "
                  "RSS (ru_maxrss) before the solve (data generated, program compiled, estimator bound) and after "
                  "a 20-step solve. "
                  f"The data (X, y) are {r0.get('data_bytes', 0) / 2**20:.1f} MiB in float32.")
@@ -892,8 +898,12 @@ def write_report(res: dict, path: Path):
             L.append("")
             L.append("TODO: the GLM scalar-table SAGA was not available when this ran; its memory is not measured.")
         L.append("")
-        L.append("Peak RSS includes a transient float64 copy of the data made by `solve()`'s data validation "
-                 "(the same in every variant).")
+        L.append("The data are bound once per program and input arrays (validated in float32, no float64 copy; "
+                 "`vrlang.data_cache`), the same in every variant."
+                 + ("" if not any(r.get("device_peak_mib") for r in p3) else
+                    " Device peak memory (`memory_stats()['peak_bytes_in_use']` of the accelerator) after the "
+                    "solve: " + ", ".join(f"{names[r['variant']]} {r['device_peak_mib']:.0f} MiB"
+                                          for r in p3 if r.get("device_peak_mib")) + "."))
         L.append("")
     # ---- 4
     L.append("### 4. Suboptimality vs epochs, every finite-sum estimator")
@@ -943,12 +953,18 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="reduced grid: n in {1e4, 1e5}, d = 50")
     ap.add_argument("--budget-min", type=float, default=None,
                     help="stop starting new measurements after this many minutes (default 25, quick 10)")
+    ap.add_argument("--platform", default=None,
+                    help="JAX platform to run on (cpu, cuda, ...); default: JAX's default (an accelerator when "
+                         "present). The devices used are recorded in RESULTS.md")
     ap.add_argument("--memory-child", nargs=3, metavar=("VARIANT", "N", "D"), help=argparse.SUPPRESS)
     ap.add_argument("--report-only", action="store_true",
                     help="only rewrite the RESULTS.md section from benchmarks/finite_sum_results.json")
     ap.add_argument("--replot", action="store_true",
                     help="only redraw the plot from benchmarks/finite_sum_results.json (no measurement)")
     args = ap.parse_args(argv)
+    if args.platform:  # before any computation; the memory subprocesses inherit it through the environment
+        os.environ["JAX_PLATFORMS"] = args.platform
+        jax.config.update("jax_platforms", args.platform)
     if args.report_only:  # re-render RESULTS.md (and the plot) from the saved raw numbers
         saved = json.loads((BENCH / "finite_sum_results.json").read_text())
         write_report(saved, BENCH / "RESULTS.md")
@@ -966,7 +982,8 @@ def main(argv=None):
     budget = args.budget_min if args.budget_min is not None else (10.0 if args.quick else 25.0)
     deadline = T_START + 60.0 * budget
     cmd = ".venv/bin/python benchmarks/finite_sum.py" + (" --quick" if args.quick else "") + \
-        (f" --budget-min {args.budget_min:g}" if args.budget_min is not None else "")
+        (f" --budget-min {args.budget_min:g}" if args.budget_min is not None else "") + \
+        (f" --platform {args.platform}" if args.platform else "")
     res = {"command": cmd, "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
            "budget_min": budget, "machine": machine_info(), "not_run": []}
     log(f"machine: {res['machine']}")
