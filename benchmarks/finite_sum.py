@@ -719,6 +719,12 @@ def write_report(res: dict, path: Path):
     L.append(f"- load average at start {la[0]:.2f}/{la[1]:.2f}/{la[2]:.2f}, at end {lb[0]:.2f}/{lb[1]:.2f}/{lb[2]:.2f} "
              "(1/5/15 min). The machine is shared with other jobs: timings are noisy; each comparison in a table "
              "was measured back-to-back in the same process.")
+    for r in res.get("remeasured", []):
+        la, lb = r["load_avg_start"], r["load_avg_end"]
+        L.append(f"- part(s) {r['parts']} re-measured later: `{r['command']}`, {r['date']}, vrlang commit "
+                 f"{r['commit']}, `jax.devices()` = `{r['devices']}`, load average at start {la[0]:.2f}/{la[1]:.2f}/"
+                 f"{la[2]:.2f}, at end {lb[0]:.2f}/{lb[1]:.2f}/{lb[2]:.2f}; the tables of those parts are from "
+                 "that run, the others from the run above")
     L.append("- problem: L2 logistic regression `mean(softplus(-y_i x_i.w)) + lam/2 |w|^2`, no intercept; "
              "X ~ N(0, 1/d) (rows of norm ~1), w_true ~ N(0, 4 I), y = ±1 drawn from the logistic model; float32; "
              f"seed {SEED}. lam = 1/n. Relative suboptimality `(f - f*)/|f*|`, f* from scipy L-BFGS-B in float64 "
@@ -956,6 +962,10 @@ def main(argv=None):
     ap.add_argument("--platform", default=None,
                     help="JAX platform to run on (cpu, cuda, ...); default: JAX's default (an accelerator when "
                          "present). The devices used are recorded in RESULTS.md")
+    ap.add_argument("--only", default=None, choices=["1", "3", "1,3"],
+                    help="re-measure only part 1 (compiled vs hand-written) and/or part 3 (memory), keeping the "
+                         "other parts from benchmarks/finite_sum_results.json; RESULTS.md says which part was "
+                         "re-measured when")
     ap.add_argument("--memory-child", nargs=3, metavar=("VARIANT", "N", "D"), help=argparse.SUPPRESS)
     ap.add_argument("--report-only", action="store_true",
                     help="only rewrite the RESULTS.md section from benchmarks/finite_sum_results.json")
@@ -979,6 +989,9 @@ def main(argv=None):
         v, n, d = args.memory_child
         print(json.dumps(memory_child(v, int(n), int(d))), flush=True)
         return
+    if args.only:
+        remeasure(args)
+        return
     budget = args.budget_min if args.budget_min is not None else (10.0 if args.quick else 25.0)
     deadline = T_START + 60.0 * budget
     cmd = ".venv/bin/python benchmarks/finite_sum.py" + (" --quick" if args.quick else "") + \
@@ -990,10 +1003,7 @@ def main(argv=None):
     warnings.filterwarnings("ignore", category=DeprecationWarning)
 
     # ---------------------------------------------------------------- part 1
-    n1, d1, b1 = 100_000, 50, 16
-    res["part1"] = bench_compiled_vs_hand(n1, d1, b1, lr=1.0, epochs=4 if args.quick else 6,
-                                          repeats=3 if args.quick else 5, lam=1.0 / n1,
-                                          deadline=T_START + 60.0 * budget * 0.4)
+    res["part1"] = _part1(args.quick, budget)
 
     # ---------------------------------------------------------------- part 3 (fresh subprocesses)
     mem_n, mem_d = (100_000, 50) if args.quick else (100_000, 500)
@@ -1106,6 +1116,38 @@ def main(argv=None):
     out_json.write_text(json.dumps(res, indent=1, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
     write_report(res, BENCH / "RESULTS.md")
     log(f"wrote {BENCH / 'RESULTS.md'}, {out_json}, {BENCH / 'finite_sum_suboptimality.png'}")
+
+
+def _part1(quick, budget):
+    n1, d1, b1 = 100_000, 50, 16
+    return bench_compiled_vs_hand(n1, d1, b1, lr=1.0, epochs=4 if quick else 6, repeats=3 if quick else 5,
+                                  lam=1.0 / n1, deadline=T_START + 60.0 * budget * 0.4)
+
+
+def remeasure(args):
+    """``--only``: re-measure parts 1 and/or 3 into the saved results, then rewrite the report."""
+    path = BENCH / "finite_sum_results.json"
+    saved = json.loads(path.read_text())
+    parts = args.only.split(",")
+    budget = args.budget_min if args.budget_min is not None else 25.0
+    m = machine_info()
+    log(f"re-measuring part(s) {args.only}; machine: {m}")
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    quick = "--quick" in saved.get("command", "")
+    if "1" in parts:
+        saved["part1"] = _part1(quick, budget)
+    if "3" in parts:
+        mem_n, mem_d = (100_000, 50) if quick else (100_000, 500)
+        saved["part3"] = bench_memory(mem_n, mem_d, T_START + 60.0 * budget)
+    cmd = f".venv/bin/python benchmarks/finite_sum.py --only {args.only}" + \
+        (f" --platform {args.platform}" if args.platform else "")
+    saved.setdefault("remeasured", []).append({
+        "parts": args.only, "command": cmd, "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+        "commit": m["commit"], "devices": m["devices"], "load_avg_start": m["load_avg_start"],
+        "load_avg_end": os.getloadavg(), "total_s": time.perf_counter() - T_START})
+    path.write_text(json.dumps(saved, indent=1, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
+    write_report(saved, BENCH / "RESULTS.md")
+    log(f"wrote {BENCH / 'RESULTS.md'}, {path}")
 
 
 if __name__ == "__main__":
