@@ -719,12 +719,17 @@ def write_report(res: dict, path: Path):
     L.append(f"- load average at start {la[0]:.2f}/{la[1]:.2f}/{la[2]:.2f}, at end {lb[0]:.2f}/{lb[1]:.2f}/{lb[2]:.2f} "
              "(1/5/15 min). The machine is shared with other jobs: timings are noisy; each comparison in a table "
              "was measured back-to-back in the same process.")
-    for r in res.get("remeasured", []):
+    again = res.get("remeasured", [])
+    for k, r in enumerate(again):
         la, lb = r["load_avg_start"], r["load_avg_end"]
+        later = any(set(r["parts"].split(",")) <= set(x["parts"].split(",")) for x in again[k + 1:])
         L.append(f"- part(s) {r['parts']} re-measured later: `{r['command']}`, {r['date']}, vrlang commit "
                  f"{r['commit']}, `jax.devices()` = `{r['devices']}`, load average at start {la[0]:.2f}/{la[1]:.2f}/"
-                 f"{la[2]:.2f}, at end {lb[0]:.2f}/{lb[1]:.2f}/{lb[2]:.2f}; the tables of those parts are from "
-                 "that run, the others from the run above")
+                 f"{la[2]:.2f}, at end {lb[0]:.2f}/{lb[1]:.2f}/{lb[2]:.2f}; "
+                 + ("superseded by the re-measurement below" if later else
+                    "the tables of those parts are from that run, the others from the run above")
+                 + (f" (it replaced part 1 of an earlier re-measurement, whose ratios vs hand + eval were: "
+                    f"{', '.join(r['replaced_part1_ratios'])})" if r.get("replaced_part1_ratios") else ""))
     L.append("- problem: L2 logistic regression `mean(softplus(-y_i x_i.w)) + lam/2 |w|^2`, no intercept; "
              "X ~ N(0, 1/d) (rows of norm ~1), w_true ~ N(0, 4 I), y = ±1 drawn from the logistic model; float32; "
              f"seed {SEED}. lam = 1/n. Relative suboptimality `(f - f*)/|f*|`, f* from scipy L-BFGS-B in float64 "
@@ -1134,6 +1139,9 @@ def remeasure(args):
     log(f"re-measuring part(s) {args.only}; machine: {m}")
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     quick = "--quick" in saved.get("command", "")
+    earlier = [r for r in saved.get("remeasured", []) if "1" in r["parts"]] if "1" in parts else []
+    previous = [f"{r['alg']} {r['ratio_vs_eval']:.2f} (CPU {r['cpu_ratio_vs_eval']:.2f})"
+                for r in saved.get("part1") or [] if "ratio_vs_eval" in r] if earlier else []
     if "1" in parts:
         saved["part1"] = _part1(quick, budget)
     if "3" in parts:
@@ -1144,7 +1152,8 @@ def remeasure(args):
     saved.setdefault("remeasured", []).append({
         "parts": args.only, "command": cmd, "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
         "commit": m["commit"], "devices": m["devices"], "load_avg_start": m["load_avg_start"],
-        "load_avg_end": os.getloadavg(), "total_s": time.perf_counter() - T_START})
+        "load_avg_end": os.getloadavg(), "total_s": time.perf_counter() - T_START,
+        "replaced_part1_ratios": previous})
     path.write_text(json.dumps(saved, indent=1, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
     write_report(saved, BENCH / "RESULTS.md")
     log(f"wrote {BENCH / 'RESULTS.md'}, {path}")
