@@ -587,11 +587,17 @@ def memory_child(variant: str, n: int, d: int) -> dict:
     del state, state2
     res = prog.solve(data={"X": X, "y": y}, consts={"lam": lam}, solver="sgd(lr = 1, steps = 20)")
     rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    try:  # accelerators report their own peak (the CPU backend reports None)
+        stats = jax.devices()[0].memory_stats() or {}
+    except Exception:  # pragma: no cover
+        stats = {}
+    dev_peak = stats.get("peak_bytes_in_use")
     return {"variant": variant, "estimator": type(est.module).__name__, "n": n, "d": d,
             "state_bytes": state_bytes, "data_bytes": int(X.nbytes + y.nbytes),
             "peak_rss_before_mib": rss_before, "peak_rss_after_mib": rss_after, "steps": int(res.steps),
             "rss_before_state_mib": rss_now, "rss_with_state_mib": rss_state,
-            "rss_second_state_mib": (rss_state2 - rss_state) if rss_state2 and rss_state else None}
+            "rss_second_state_mib": (rss_state2 - rss_state) if rss_state2 and rss_state else None,
+            "device_peak_mib": dev_peak / 2**20 if dev_peak else None}
 
 
 def _vm(field: str):
@@ -706,12 +712,24 @@ def write_report(res: dict, path: Path):
     L.append(f"- command: `{res['command']}`")
     L.append(f"- date: {res['date']} (total run time {res['total_s'] / 60:.1f} min, budget {res['budget_min']} min)")
     L.append(f"- machine: {m['cpu']}, {m['cores']} cores ({m['usable_cores']} usable), {m['ram_gib']:.1f} GiB RAM; "
-             f"Python {m['python']}, jax {m['jax']} (backend `{m['backend']}`), numpy {m['numpy']}, scipy {m['scipy']}, "
+             f"Python {m['python']}, jax {m['jax']} (backend `{m['backend']}`, `jax.devices()` = "
+             f"`{m.get('devices', '?')}`), numpy {m['numpy']}, scipy {m['scipy']}, "
              f"scikit-learn {m['sklearn']}; vrlang commit {m['commit']}")
     la, lb = m["load_avg_start"], res["load_avg_end"]
     L.append(f"- load average at start {la[0]:.2f}/{la[1]:.2f}/{la[2]:.2f}, at end {lb[0]:.2f}/{lb[1]:.2f}/{lb[2]:.2f} "
              "(1/5/15 min). The machine is shared with other jobs: timings are noisy; each comparison in a table "
              "was measured back-to-back in the same process.")
+    again = res.get("remeasured", [])
+    for k, r in enumerate(again):
+        la, lb = r["load_avg_start"], r["load_avg_end"]
+        later = any(set(r["parts"].split(",")) <= set(x["parts"].split(",")) for x in again[k + 1:])
+        L.append(f"- part(s) {r['parts']} re-measured later: `{r['command']}`, {r['date']}, vrlang commit "
+                 f"{r['commit']}, `jax.devices()` = `{r['devices']}`, load average at start {la[0]:.2f}/{la[1]:.2f}/"
+                 f"{la[2]:.2f}, at end {lb[0]:.2f}/{lb[1]:.2f}/{lb[2]:.2f}; "
+                 + ("superseded by the re-measurement below" if later else
+                    "the tables of those parts are from that run, the others from the run above")
+                 + (f" (it replaced part 1 of an earlier re-measurement, whose ratios vs hand + eval were: "
+                    f"{', '.join(r['replaced_part1_ratios'])})" if r.get("replaced_part1_ratios") else ""))
     L.append("- problem: L2 logistic regression `mean(softplus(-y_i x_i.w)) + lam/2 |w|^2`, no intercept; "
              "X ~ N(0, 1/d) (rows of norm ~1), w_true ~ N(0, 4 I), y = ±1 drawn from the logistic model; float32; "
              f"seed {SEED}. lam = 1/n. Relative suboptimality `(f - f*)/|f*|`, f* from scipy L-BFGS-B in float64 "
@@ -867,8 +885,7 @@ def write_report(res: dict, path: Path):
                  "`state bytes` = sum of the leaves' nbytes of `est.init(params, key)` (the exact measure); "
                  "`RSS growth from one more state` = resident memory added by a second `est.init` while the first "
                  "state is alive (no compilation in between; it also counts transients of `init` that the "
-                 "allocator keeps: SVRG's init evaluates the exact gradient, whose lowering materialises an n×d "
-                 "copy of X, see the report); the first `est.init` also compiles; peak "
+                 "allocator keeps, e.g. of SVRG's exact snapshot gradient); the first `est.init` also compiles; peak "
                  "RSS (ru_maxrss) before the solve (data generated, program compiled, estimator bound) and after "
                  "a 20-step solve. "
                  f"The data (X, y) are {r0.get('data_bytes', 0) / 2**20:.1f} MiB in float32.")
@@ -892,8 +909,12 @@ def write_report(res: dict, path: Path):
             L.append("")
             L.append("TODO: the GLM scalar-table SAGA was not available when this ran; its memory is not measured.")
         L.append("")
-        L.append("Peak RSS includes a transient float64 copy of the data made by `solve()`'s data validation "
-                 "(the same in every variant).")
+        L.append("The data are bound once per program and input arrays (validated in float32, no float64 copy; "
+                 "`vrlang.data_cache`), the same in every variant."
+                 + ("" if not any(r.get("device_peak_mib") for r in p3) else
+                    " Device peak memory (`memory_stats()['peak_bytes_in_use']` of the accelerator) after the "
+                    "solve: " + ", ".join(f"{names[r['variant']]} {r['device_peak_mib']:.0f} MiB"
+                                          for r in p3 if r.get("device_peak_mib")) + "."))
         L.append("")
     # ---- 4
     L.append("### 4. Suboptimality vs epochs, every finite-sum estimator")
@@ -943,12 +964,22 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="reduced grid: n in {1e4, 1e5}, d = 50")
     ap.add_argument("--budget-min", type=float, default=None,
                     help="stop starting new measurements after this many minutes (default 25, quick 10)")
+    ap.add_argument("--platform", default=None,
+                    help="JAX platform to run on (cpu, cuda, ...); default: JAX's default (an accelerator when "
+                         "present). The devices used are recorded in RESULTS.md")
+    ap.add_argument("--only", default=None, choices=["1", "3", "1,3"],
+                    help="re-measure only part 1 (compiled vs hand-written) and/or part 3 (memory), keeping the "
+                         "other parts from benchmarks/finite_sum_results.json; RESULTS.md says which part was "
+                         "re-measured when")
     ap.add_argument("--memory-child", nargs=3, metavar=("VARIANT", "N", "D"), help=argparse.SUPPRESS)
     ap.add_argument("--report-only", action="store_true",
                     help="only rewrite the RESULTS.md section from benchmarks/finite_sum_results.json")
     ap.add_argument("--replot", action="store_true",
                     help="only redraw the plot from benchmarks/finite_sum_results.json (no measurement)")
     args = ap.parse_args(argv)
+    if args.platform:  # before any computation; the memory subprocesses inherit it through the environment
+        os.environ["JAX_PLATFORMS"] = args.platform
+        jax.config.update("jax_platforms", args.platform)
     if args.report_only:  # re-render RESULTS.md (and the plot) from the saved raw numbers
         saved = json.loads((BENCH / "finite_sum_results.json").read_text())
         write_report(saved, BENCH / "RESULTS.md")
@@ -963,20 +994,21 @@ def main(argv=None):
         v, n, d = args.memory_child
         print(json.dumps(memory_child(v, int(n), int(d))), flush=True)
         return
+    if args.only:
+        remeasure(args)
+        return
     budget = args.budget_min if args.budget_min is not None else (10.0 if args.quick else 25.0)
     deadline = T_START + 60.0 * budget
     cmd = ".venv/bin/python benchmarks/finite_sum.py" + (" --quick" if args.quick else "") + \
-        (f" --budget-min {args.budget_min:g}" if args.budget_min is not None else "")
+        (f" --budget-min {args.budget_min:g}" if args.budget_min is not None else "") + \
+        (f" --platform {args.platform}" if args.platform else "")
     res = {"command": cmd, "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
            "budget_min": budget, "machine": machine_info(), "not_run": []}
     log(f"machine: {res['machine']}")
     warnings.filterwarnings("ignore", category=DeprecationWarning)
 
     # ---------------------------------------------------------------- part 1
-    n1, d1, b1 = 100_000, 50, 16
-    res["part1"] = bench_compiled_vs_hand(n1, d1, b1, lr=1.0, epochs=4 if args.quick else 6,
-                                          repeats=3 if args.quick else 5, lam=1.0 / n1,
-                                          deadline=T_START + 60.0 * budget * 0.4)
+    res["part1"] = _part1(args.quick, budget)
 
     # ---------------------------------------------------------------- part 3 (fresh subprocesses)
     mem_n, mem_d = (100_000, 50) if args.quick else (100_000, 500)
@@ -1089,6 +1121,42 @@ def main(argv=None):
     out_json.write_text(json.dumps(res, indent=1, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
     write_report(res, BENCH / "RESULTS.md")
     log(f"wrote {BENCH / 'RESULTS.md'}, {out_json}, {BENCH / 'finite_sum_suboptimality.png'}")
+
+
+def _part1(quick, budget):
+    n1, d1, b1 = 100_000, 50, 16
+    return bench_compiled_vs_hand(n1, d1, b1, lr=1.0, epochs=4 if quick else 6, repeats=3 if quick else 5,
+                                  lam=1.0 / n1, deadline=T_START + 60.0 * budget * 0.4)
+
+
+def remeasure(args):
+    """``--only``: re-measure parts 1 and/or 3 into the saved results, then rewrite the report."""
+    path = BENCH / "finite_sum_results.json"
+    saved = json.loads(path.read_text())
+    parts = args.only.split(",")
+    budget = args.budget_min if args.budget_min is not None else 25.0
+    m = machine_info()
+    log(f"re-measuring part(s) {args.only}; machine: {m}")
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    quick = "--quick" in saved.get("command", "")
+    earlier = [r for r in saved.get("remeasured", []) if "1" in r["parts"]] if "1" in parts else []
+    previous = [f"{r['alg']} {r['ratio_vs_eval']:.2f} (CPU {r['cpu_ratio_vs_eval']:.2f})"
+                for r in saved.get("part1") or [] if "ratio_vs_eval" in r] if earlier else []
+    if "1" in parts:
+        saved["part1"] = _part1(quick, budget)
+    if "3" in parts:
+        mem_n, mem_d = (100_000, 50) if quick else (100_000, 500)
+        saved["part3"] = bench_memory(mem_n, mem_d, T_START + 60.0 * budget)
+    cmd = f".venv/bin/python benchmarks/finite_sum.py --only {args.only}" + \
+        (f" --platform {args.platform}" if args.platform else "")
+    saved.setdefault("remeasured", []).append({
+        "parts": args.only, "command": cmd, "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+        "commit": m["commit"], "devices": m["devices"], "load_avg_start": m["load_avg_start"],
+        "load_avg_end": os.getloadavg(), "total_s": time.perf_counter() - T_START,
+        "replaced_part1_ratios": previous})
+    path.write_text(json.dumps(saved, indent=1, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
+    write_report(saved, BENCH / "RESULTS.md")
+    log(f"wrote {BENCH / 'RESULTS.md'}, {path}")
 
 
 if __name__ == "__main__":

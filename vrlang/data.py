@@ -72,14 +72,47 @@ def gather(cp: CheckedProgram, given: Mapping | None) -> dict[str, np.ndarray]:
     return out
 
 
-def validate(cp: CheckedProgram, arrays: Mapping) -> tuple[dict[str, np.ndarray], dict[str, int]]:
-    """Check arrays against declarations; return converted arrays and the bound dims."""
+def _is_jax(x) -> bool:
+    try:
+        import jax
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(x, jax.Array)
+
+
+def _all_finite(a) -> bool:
+    """Whether every entry of a float array is finite, without an ``a.size`` temporary in the common case.
+
+    A sum is finite only if every term is (an inf or NaN term makes it inf or NaN); a
+    non-finite sum can also be an overflow of finite terms, so that case is checked entry by
+    entry, in chunks.  jax arrays are checked on their device.
+    """
+    if _is_jax(a):
+        import jax.numpy as jnp
+        return bool(jnp.all(jnp.isfinite(a)))
+    if a.size == 0:
+        return True
+    with np.errstate(all="ignore"):
+        if np.isfinite(np.sum(a)):
+            return True
+    flat = a.reshape(-1) if a.flags.c_contiguous else a.ravel()
+    step = 1 << 22
+    return all(bool(np.isfinite(flat[k:k + step]).all()) for k in range(0, flat.size, step))
+
+
+def validate(cp: CheckedProgram, arrays: Mapping, float_dtype=np.float64) -> tuple[dict, dict[str, int]]:
+    """Check arrays against declarations; return converted arrays and the bound dims.
+
+    Real data are converted to ``float_dtype`` (the program's float type), without a copy
+    when they already have it; jax arrays stay on their device (converted there if needed).
+    """
     dims: dict[str, int] = {}
     origin: dict[str, str] = {}
     out = {}
     for name, decl in cp.data.items():
         try:
-            a = np.asarray(arrays[name])
+            a = arrays[name]
+            a = a if _is_jax(a) else np.asarray(a)
         except Exception as e:
             raise VrDataError("E407", f"data `{name}` is not an array: {e}", decl.span) from None
         if a.dtype == object or a.dtype.kind not in "biuf":
@@ -98,21 +131,27 @@ def validate(cp: CheckedProgram, arrays: Mapping) -> tuple[dict[str, np.ndarray]
                 dims[d], origin[d] = size, name
         if t.base == "int":
             if a.dtype.kind == "f":
-                if not np.all(np.isfinite(a)) or not np.all(a == np.round(a)):
+                h = np.asarray(a)
+                if not np.all(np.isfinite(h)) or not np.all(h == np.round(h)):
                     raise VrDataError("E410", f"data `{name}` is declared int but holds non-integer values", decl.span)
             a = a.astype(np.int32)
         elif t.base == "bool":
-            if a.dtype.kind != "b" and not np.all((a == 0) | (a == 1)):
+            if a.dtype.kind != "b" and not np.all((np.asarray(a) == 0) | (np.asarray(a) == 1)):
                 raise VrDataError("E410", f"data `{name}` is declared bool but holds values other than 0/1", decl.span)
             a = a.astype(bool)
         else:
-            a = a.astype(np.float64)
-            bad = ~np.isfinite(a)
-            if bad.any():
+            if a.dtype != np.dtype(float_dtype):
+                with np.errstate(over="ignore"):  # a value out of range becomes inf, refused just below
+                    a = a.astype(float_dtype)
+            if not _all_finite(a):
+                a = np.asarray(a)
+                bad = ~np.isfinite(a)
                 where = tuple(int(k) for k in np.argwhere(bad)[0])
                 what = "NaN" if np.isnan(a[where]) else "inf"
                 raise VrDataError("E411", f"data `{name}` contains {what} at index {list(where)} "
-                                  f"({int(bad.sum())} non-finite value{'s' if bad.sum() > 1 else ''} in all)",
+                                  f"({int(bad.sum())} non-finite value{'s' if bad.sum() > 1 else ''} in all"
+                                  + (f", in {np.dtype(float_dtype).name}" if np.dtype(float_dtype) != np.float64
+                                     else "") + ")",
                                   decl.span, "clean or impute the data before solving")
         out[name] = a
     for b, info in cp.binders.items():  # ranges such as n..m are only known to be non-empty now

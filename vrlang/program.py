@@ -20,18 +20,19 @@ import jax.numpy as jnp
 import numpy as np
 
 from vrlang import data as D
+from vrlang.data_cache import DataCache
 from vrlang.backend.constraints import default_init, unconstrain
 from vrlang.backend import structured
-from vrlang.backend.lower import Env, Interpreter
+from vrlang.backend.lower import Env, Interpreter, binder_salt
 from vrlang.check import bias
 from vrlang.check.checker import check
 from vrlang.check.program import CheckedProgram
 from vrlang.errors import VrDataError, VrError, VrEstimatorError, VrTypeError, VrWarning
 from vrlang.estimators.base import CompiledObjective
 from vrlang.estimators.binder_state import StatefulGradient
-from vrlang.estimators.finite_sum import (FullGradient, LSVRGGradient, MinibatchGradient, PAGEGradient,
-                                          SAGAGLMGradient, SAGAGradient, SARAHGradient, SPIDERGradient, STORMGradient,
-                                          SVRGGradient)
+from vrlang.estimators.finite_sum import (FullGradient, LSVRGGLMGradient, LSVRGGradient, MinibatchGradient,
+                                          PAGEGradient, SAGAGLMGradient, SAGAGradient, SARAHGradient, SPIDERGradient,
+                                          STORMGradient, SVRGGLMGradient, SVRGGradient, GLMControl)
 from vrlang.estimators.sampling import FixedIndexSampler, UniformSampler, bind_samplers
 from vrlang.estimators.spec import Spec, to_spec
 from vrlang.ir import nodes as N
@@ -119,6 +120,7 @@ class Program:
         self.trace_counter = [0]
         self._interp = Interpreter(self.externs, self.trace_counter)
         self._lowered: dict = {}
+        self._data_cache = DataCache()
 
     # ---- precision
     def _precision(self):
@@ -130,16 +132,34 @@ class Program:
 
     # ---- binding data
     def _bind(self, data: Mapping | None, consts: Mapping | None = None):
-        arrays, dims = D.validate(self.checked, D.gather(self.checked, data))
+        dims, jdata = self._bind_data(data)
         key = tuple(sorted(dims.items()))
         if key not in self._lowered:
             self._lowered[key] = self._lower(dims)
         fns = self._lowered[key]
         fdt = self.float_dtype
-        jdata = {k: jnp.asarray(v, fdt if v.dtype.kind == "f" else v.dtype) for k, v in arrays.items()}
         jconsts = {k: jnp.asarray(v, fdt if self.checked.consts[k].type.base == "real" else np.int32)
                    for k, v in self._merge_consts(consts).items()}
         return dims, fns, jdata, jconsts
+
+    def _bind_data(self, data: Mapping | None) -> tuple[dict[str, int], dict]:
+        """``(dims, device arrays)``: validated and converted once, in the program's float type, then
+        reused while the same array objects (or unchanged ``from`` files) come again (:mod:`vrlang.data_cache`)."""
+        base = Path(self.checked.file).parent if self.checked.file and not self.checked.file.startswith("<") \
+            else Path.cwd()
+        ck = self._data_cache.key(self.checked.data, data, base)
+        hit = self._data_cache.get(ck, data)
+        if hit is not None:
+            return hit
+        arrays, dims = D.validate(self.checked, D.gather(self.checked, data), self.float_dtype)
+        out = dims, {k: jnp.asarray(v) for k, v in arrays.items()}
+        self._data_cache.put(ck, data, out)
+        return out
+
+    def clear_data_cache(self) -> None:
+        """Forget the bound data: the next call validates and converts its data again (after editing an
+        array in place; see :mod:`vrlang.data_cache` for what is detected without it)."""
+        self._data_cache.clear()
 
     def _merge_consts(self, overrides: Mapping | None) -> dict[str, np.ndarray]:
         return _merge_consts(self.checked, self.consts, overrides)
@@ -233,9 +253,12 @@ class Program:
             if len(epochs) > 1:
                 raise VrEstimatorError("E393", "`epoch` of `svrg` differs between the binders estimated by svrg",
                                        None, "give every binder estimated by svrg the same `epoch`")
-            m = epochs.pop() or spe
+            m = epochs.pop() or spe  # the snapshot period; an epoch of the history stays ceil(n / b) steps
             evals = 2.0 * fns["sampled_evals"] + fns["exact_evals"] / m
-            return SVRGGradient(obj, m, evals, m)
+            glm = self._glm_control(fns, obj)
+            if glm is not None:  # GLM body: one draw, scalar derivatives
+                return SVRGGLMGradient(glm, m, evals, spe)
+            return SVRGGradient(obj, m, evals, spe)
         if len(families) == 1 and families <= _VR_FAMILIES:
             return self._vr_estimator(next(iter(families)), fns, obj)
         names = ", ".join(f"{c.spec.name} on `{b}`" for b, c in self.choices.items() if c.family != "full")
@@ -259,6 +282,9 @@ class Program:
 
         if family == "lsvrg":
             p = option("p") or 1.0 / spe
+            glm = self._glm_control(fns, obj)
+            if glm is not None:  # GLM body: one draw, scalar derivatives
+                return LSVRGGLMGradient(glm, jnp.asarray(p, fdt), s, n_all, spe)
             return LSVRGGradient(obj, jnp.asarray(p, fdt), s, n_all, spe)
         if family == "saga":
             sampled = [b for b, c in self.choices.items() if c.sampler is not None]
@@ -279,7 +305,7 @@ class Program:
             return SAGAGradient(obj, n, sampler.batch, float(s), spe, sampler=sampler)
         if family == "sarah":
             m = option("epoch") or spe
-            return SARAHGradient(obj, m, (2.0 * s * (m - 1) + n_all) / m, m)
+            return SARAHGradient(obj, m, (2.0 * s * (m - 1) + n_all) / m, spe)
         if family == "spider":
             large = None
             restart = n_all
@@ -294,6 +320,18 @@ class Program:
         if family == "storm":
             return STORMGradient(obj, jnp.asarray(option("a"), fdt), 2.0 * s, spe)
         raise AssertionError(family)  # pragma: no cover
+
+    def _glm_control(self, fns, obj: CompiledObjective):
+        """SVRG/L-SVRG on a GLM body (``glm_svrg``, set by ``resolve``): the scalar-derivative step, or None."""
+        sampled = [b for b, c in self.choices.items() if c.sampler is not None]
+        if len(sampled) != 1 or not self.choices[sampled[0]].options.get("glm_svrg"):
+            return None
+        (b,) = sampled
+        gf = fns["structured"]["glm"].get(b)
+        if gf is None or len(fns["node_sizes"][b]) != 1:
+            return None
+        sampler = bind_samplers({b: self.choices[b].sampler}, obj.data)[b]
+        return GLMControl(obj, gf.n, gf.margin, gf.frozen, sampler, binder_salt(b))
 
     # ---- public API
     def gradient_estimator(self, data: Mapping | None = None, consts: Mapping | None = None):
@@ -332,7 +370,8 @@ class Program:
 
     def init_params(self, data: Mapping | None = None) -> dict[str, np.ndarray]:
         """The declared initial values (defaults at the centre of each constraint set)."""
-        arrays, dims = D.validate(self.checked, D.gather(self.checked, data))
+        with self._precision():
+            dims, _ = self._bind_data(data)
         return self._init_params(dims)
 
     def _init_params(self, dims) -> dict[str, np.ndarray]:

@@ -5,6 +5,18 @@ of indices), never unrolled, so the traced program -- and compile time -- does n
 grow with the data size.  Which sums are sampled, and how, is given by *samplers*
 (one per binder, from :mod:`vrlang.estimators.sampling`); with no sampler, or with
 ``key=None``, a sum is exact.
+
+An exact sum maps over the *rows* of the arrays it indexes by its binder: every data,
+param or const array ``A`` that the body indexes as ``A[i, ...]`` (first index exactly
+the binder ``i``) is sliced ``A[lo:hi]`` and passed to the ``vmap`` with ``in_axes=0``,
+and inside the body ``A[i, rest]`` reads ``row[rest]`` (:attr:`Env.rows`).  Nested exact
+sums continue the chain: inside a sum over ``i`` mapped over the rows of ``X``, a sum over
+``j`` whose body reads ``X[i, j]`` maps over the entries of the row.  Gathering
+``A[arange(lo, hi)]`` instead would materialise a copy of ``A`` (``n x d`` for a design
+matrix) on every evaluation, and its gradient would be a scatter-add; with the rows
+mapped, ``vmap(dot(X[i], w))`` is one matrix-vector product.  Any other use of ``A``
+(``A[i - 1]``, ``A[j, i]``, ``A`` whole) reads the full array as before, so the values are
+those of the gathering evaluation for every body.
 """
 
 from __future__ import annotations
@@ -48,12 +60,19 @@ class Env:
     memo: dict = field(default_factory=dict, init=False, repr=False, compare=False)
     # decision binders already solved at their home (vrlang.ir.homes): binder -> its value here
     decided: dict = field(default_factory=dict)
+    # exact sums mapped over rows: {binder: {(kind, name, prefix): the row at the binder's current index}},
+    # where A[b1, .., bk, b] reads rows[b][(kind, name, (b1, .., bk))] (prefix: the binders mapped before b)
+    rows: dict = field(default_factory=dict)
 
     def dim(self, d):
         return d if isinstance(d, int) else self.dims[d]
 
     def bind(self, name, value, key=None) -> "Env":
-        return replace(self, key=self.key if key is None else key, vars={**self.vars, name: value})
+        return replace(self, key=self.key if key is None else key, vars={**self.vars, name: value},
+                       rows=_hide(self.rows, name))
+
+    def with_rows(self, binder: str, rows: dict) -> "Env":
+        return replace(self, rows={**self.rows, binder: rows})
 
     def stateless(self) -> "Env":
         """The same environment with no binder state (nested bodies whose state is not tracked)."""
@@ -63,15 +82,25 @@ class Env:
         """Stateless, and no gradient reaches the params, consts or outer variables (for inner loops)."""
         sg = jax.lax.stop_gradient
         return replace(self, params=sg(self.params), consts=sg(self.consts), vars=sg(self.vars),
-                       decided=sg(self.decided), memory=None, collect=None)
+                       decided=sg(self.decided), memory=None, collect=None, rows=sg(self.rows))
+
+
+def _hide(rows: dict, name: str) -> dict:
+    """Rebinding ``name`` hides the rows mapped by an outer binder of that name and every row read through it."""
+    if not rows or not any(b == name or any(name in k[2] for k in r) for b, r in rows.items()):
+        return rows
+    return {b: {k: v for k, v in r.items() if name not in k[2]} for b, r in rows.items() if b != name}
 
 
 class Interpreter:
     """Evaluates IR nodes with ``jax.numpy``; externs are Python callables."""
 
-    def __init__(self, externs: dict[str, Callable] | None = None, trace_counter: list | None = None):
+    def __init__(self, externs: dict[str, Callable] | None = None, trace_counter: list | None = None,
+                 map_rows: bool = True):
         self.externs = externs or {}
         self.trace_counter = trace_counter
+        self.map_rows = map_rows  # False: exact sums gather A[arange(lo, hi)] (the reference evaluation)
+        self._indexed: dict = {}  # id(Sum) -> (Sum, the arrays its body reads by its binder: (kind, name, prefix))
 
     def __call__(self, node: N.Node, env: Env):
         if self.trace_counter is not None:
@@ -114,6 +143,11 @@ class Interpreter:
         return JB.TERNARY[node.op](*args)
 
     def ev_index(self, node: N.Index, env: Env):
+        if env.rows and isinstance(node.base, N.Ref):  # A[i, j, rest] inside exact sums mapped over rows of A
+            row, k = _mapped_row(env.rows, node)
+            if k:
+                rest = tuple(slice(None) if i is None else self.evaluate(i, env) for i in node.items[k:])
+                return row[rest] if rest else row
         base = self.evaluate(node.base, env)
         idx = tuple(slice(None) if i is None else self.evaluate(i, env) for i in node.items)
         return base[idx]
@@ -141,20 +175,24 @@ class Interpreter:
 
         tracked = self._tracked(node, env)
 
-        def body(i):
+        def body(i, rows=None):
             # random choices inside the body get an independent key per item
             key = None if env.key is None else jax.random.fold_in(env.key, i)
+            item = env.bind(node.binder, i, key)
+            if rows:  # exact: the rows of the arrays indexed by the binder are mapped in (see _rows)
+                item = item.with_rows(node.binder, rows)
             if not tracked:
-                return self.at_home(node.body, env.bind(node.binder, i, key))
+                return self.at_home(node.body, item)
             # binder state nested in this sum: item i reads its own slice and reports its new state
             mem = {b: _tree(lambda a: a[i - lo], m) for b, m in (env.memory or {}).items() if b in tracked}
-            inner = replace(env.bind(node.binder, i, key), memory=mem, collect={})
+            inner = replace(item, memory=mem, collect={})
             return self.at_home(node.body, inner), inner.collect
 
         exact = sampler is None or env.key is None
         if exact:
             idx = jnp.arange(lo, hi, dtype=jnp.int32)
-            out = jax.vmap(body)(idx)
+            rows = self._rows(node, env, lo, hi) if self.map_rows else {}
+            out = jax.vmap(body)(idx, rows)
         else:
             key = jax.random.fold_in(env.key, binder_salt(node.binder))
             idx, weights = sampler.sample(key, n, env)
@@ -186,6 +224,38 @@ class Interpreter:
                     and (isinstance(inner, N.Expect) or homes.stays_inside(node, inner)):
                 found.add(inner.binder)
         return frozenset(found)
+
+    def _rows(self, node: N.Sum, env: Env, lo: int, hi: int) -> dict:
+        """``{(kind, name, prefix): source[lo:hi]}`` for the arrays the body reads as ``A[*prefix, binder, ...]``.
+
+        ``source`` is ``A`` itself (empty prefix) or, inside exact sums over the binders of the
+        prefix mapped over the rows of ``A``, the current row ``A[*prefix]``.
+        """
+        cached = self._indexed.get(id(node))
+        found = cached[1] if cached is not None and cached[0] is node else None
+        if found is None:
+            found = set()
+            for n in N.walk(node.body):
+                if isinstance(n, N.Index) and isinstance(n.base, N.Ref) and n.base.kind in ("data", "param", "const"):
+                    prefix = []
+                    for it in n.items:
+                        if not (isinstance(it, N.Ref) and it.kind == "var"):
+                            break
+                        if it.name == node.binder:
+                            found.add((n.base.kind, n.base.name, tuple(prefix)))
+                            break
+                        prefix.append(it.name)
+            found = tuple(sorted(found))
+            self._indexed[id(node)] = (node, found)
+        out = {}
+        for kind, name, prefix in found:
+            if prefix:
+                src = env.rows.get(prefix[-1], {}).get((kind, name, prefix[:-1]))
+            else:
+                src = self.ev_ref(N.Ref(None, kind, name), env)
+            if src is not None and getattr(src, "ndim", 0) >= 1 and src.shape[0] >= hi:
+                out[(kind, name, prefix)] = src[lo:hi]  # else gathered, as without the mapping (clamped indices)
+        return out
 
     def ev_expect(self, node: N.Expect, env: Env):
         plan = env.plans.get(node.binder)
@@ -298,6 +368,20 @@ class Interpreter:
 
 def _tree(fn, *trees):
     return jax.tree_util.tree_map(fn, *trees)
+
+
+def _mapped_row(rows: dict, node: N.Index):
+    """``(row, k)``: the mapped row ``A[items[:k]]`` for the longest chain of mapped binders (``k = 0``: none)."""
+    kind, name = node.base.kind, node.base.name
+    row, prefix = None, ()
+    for it in node.items:
+        if not (isinstance(it, N.Ref) and it.kind == "var"):
+            break
+        r = rows.get(it.name, {}).get((kind, name, prefix))
+        if r is None:
+            break
+        row, prefix = r, prefix + (it.name,)
+    return row, len(prefix)
 
 
 def _as_float(x):

@@ -17,6 +17,9 @@ program whose sampled sums enter the objective linearly.
   probability ``p`` after each step (Kovalev, Horvath & Richtarik, ALT 2020).  Unbiased.
 * :class:`SAGAGradient` -- a table of the last per-item gradients as control variate
   (Defazio, Bach & Lacoste-Julien, NeurIPS 2014).  Unbiased.
+* :class:`SVRGGLMGradient`, :class:`LSVRGGLMGradient` -- SVRG/L-SVRG for a generalised linear
+  model body: one draw of the minibatch, the scalar loss derivatives at the two points and one
+  product with the minibatch rows (Johnson & Zhang 2013; Schmidt et al. 2017, §4).  Unbiased.
 * :class:`SAGAGLMGradient` -- SAGA for a generalised linear model body
   :math:`h_j(w) = c\\,\\phi_j(\\langle x_j, w\\rangle) + \\rho(w)`: the table holds one scalar per item
   (the loss derivative at the margin), ``O(n)`` memory instead of ``O(n d)`` (Schmidt, Le Roux
@@ -35,7 +38,10 @@ reweights its correction by :math:`1/(n p_j)` (see :class:`SAGAGradient`).
   Biased.
 
 Randomness: every estimator draws its minibatch from the key it is given (through the
-objective's samplers), and its coins (L-SVRG, PAGE) from a key split off it.  Numeric
+objective's samplers), and its coins (L-SVRG, PAGE) from a key split off it.  The
+two minibatch gradients of SVRG, L-SVRG and the recursive estimators (at the current and
+at a reference point, one draw) are one ``vmap`` over the pair of points with the key
+shared, so the draw and its gather happen once (:func:`_grad_pair`).  Numeric
 hyperparameters (``p``, ``a``) are array fields, hence traced; only integers that fix
 shapes or loop lengths (``epoch``, ``period``, ``batch``, ``n``) are static.
 """
@@ -90,14 +96,21 @@ class SVRGGradient(AbstractGradientEstimator):
             return SVRGState(params, jax.grad(self.objective.value)(params), s.count)
 
         state = jax.lax.cond((state.count > 0) & (state.count % self.epoch == 0), refresh, lambda s: s, state)
-        g = jax.grad(self.objective.sample)
-        gw, gs = g(params, key), g(state.snapshot, key)
+        gw, gs = _grad_pair(self.objective, params, state.snapshot, key)
         grads = jax.tree_util.tree_map(lambda a, b, c: a - b + c, gw, gs, state.full_grad)
         return grads, SVRGState(state.snapshot, state.full_grad, state.count + 1)
 
 
 def _grad_sample(objective: CompiledObjective):
     return jax.grad(objective.sample)
+
+
+def _grad_pair(objective: CompiledObjective, a, b, key):
+    """``(grad F(a; xi), grad F(b; xi))`` for one draw ``xi``: the gradient is ``vmap``-ed over the
+    two points with the key shared, so the minibatch is drawn (and its rows gathered) once."""
+    both = jax.tree_util.tree_map(lambda x, y: jnp.stack([x, y]), a, b)
+    g = jax.vmap(jax.grad(objective.sample), in_axes=(0, None))(both, key)
+    return _combine(lambda t: t[0], g), _combine(lambda t: t[1], g)
 
 
 def _combine(f, *trees):
@@ -142,8 +155,7 @@ class LSVRGGradient(AbstractGradientEstimator):
 
     def estimate(self, params, state, key):
         k_sample, k_coin = jax.random.split(key)
-        g = _grad_sample(self.objective)
-        gw, gs = g(params, k_sample), g(state.snapshot, k_sample)
+        gw, gs = _grad_pair(self.objective, params, state.snapshot, k_sample)
         grads = _combine(lambda a, b, c: a - b + c, gw, gs, state.full_grad)
 
         def refresh(s):
@@ -330,6 +342,144 @@ class SAGAGLMGradient(AbstractGradientEstimator):
         return grads, SAGAGLMState(state.table.at[idx].set(jnp.where(jnp.all(idx >= 0), s_new, s_old)), mean)
 
 
+# ------------------------------------------------------------- SVRG / L-SVRG for GLM bodies
+
+
+class SVRGGLMState(eqx.Module):
+    snapshot: dict
+    base: dict  # grad f(snapshot) - grad rho(snapshot): (1/n) sum_j s_j(snapshot) grad m_j
+    count: jax.Array  # SVRG: steps since init (the snapshot is refreshed every ``epoch`` steps); L-SVRG: unused
+
+
+class GLMControl(eqx.Module):
+    """The SVRG control-variate step on a GLM body, shared by :class:`SVRGGLMGradient` and
+    :class:`LSVRGGLMGradient` (see the first for the maths)."""
+
+    objective: CompiledObjective
+    n: int = eqx.field(static=True)
+    margin: Callable = eqx.field(static=True)
+    frozen: Callable = eqx.field(static=True)
+    sampler: Any = None  # a bound sampler: UniformSampler(b) or ImportanceSampler
+    salt: int | None = eqx.field(static=True, default=None)  # the key is folded with it before the draw
+
+    def draw(self, key):
+        k = key if self.salt is None else jax.random.fold_in(key, self.salt)
+        return self.sampler.sample(k, self.n)
+
+    def rho_grad(self, params):
+        """:math:`\\nabla\\rho(\\theta)`: the gradient of the item-independent part (any item, any margin)."""
+        fdt = jnp.result_type(float)
+        return jax.grad(self.frozen)(params, jnp.zeros((), fdt), self.objective.data, self.objective.consts,
+                                     jnp.zeros((), jnp.int32))
+
+    def snapshot_base(self, params):
+        full = jax.grad(self.objective.value)(params)
+        return _combine(lambda a, r: a - r, full, self.rho_grad(params))
+
+    def correction(self, params, snapshot, key):
+        """:math:`\\sum_k \\frac{\\omega_k}{n} (s_{j_k}(\\theta) - s_{j_k}(\\tilde\\theta)) \\nabla m_{j_k}
+        + \\nabla\\rho(\\theta)` from one draw of the minibatch."""
+        d, c, n = self.objective.data, self.objective.consts, self.n
+        idx, wts = self.draw(key)
+
+        def margins(p):
+            return jax.vmap(lambda j: self.margin(p, d, c, j))(idx)
+
+        m_w, pull = jax.vjp(margins, params)  # the margins are linear: pull is X_B^T a for any point
+        m_s = margins(snapshot)  # the same rows X_B (the gather is shared)
+        ds = jax.grad(self.frozen, argnums=1)
+        s_w = jax.vmap(lambda mk, j: ds(params, mk, d, c, j))(m_w, idx)
+        s_s = jax.vmap(lambda mk, j: ds(snapshot, mk, d, c, j))(m_s, idx)
+        (corr,) = pull(((wts / n) * (s_w - s_s)).astype(m_w.dtype))
+        return _combine(lambda a, r: a + r, corr, self.rho_grad(params))
+
+
+class SVRGGLMGradient(AbstractGradientEstimator):
+    r"""SVRG (Johnson & Zhang 2013) for a generalised linear model body, with the scalar derivative
+    (the "just-in-time" SVRG of Schmidt, Le Roux & Bach 2017, §4, applied to SVRG; cf. Johnson & Zhang,
+    §3: for linear predictors :math:`\nabla h_j` is a scalar times :math:`x_j`).
+
+    For per-item functions :math:`h_j(\theta) = H_j(\theta, m_j(\theta))` with a margin
+    :math:`m_j = \langle x_j, w\rangle` and :math:`\nabla h_j = s_j(\theta)\,\nabla m_j + \nabla\rho(\theta)`
+    (:class:`SAGAGLMGradient`), the SVRG estimate
+    :math:`\nabla F(w;\xi) - \nabla F(\tilde w;\xi) + \nabla f(\tilde w)` is, with one draw
+    :math:`(j_k, \omega_k)` of the sampler,
+
+    .. math::
+        g = \sum_{k=1}^b \frac{\omega_k}{n}\big(s_{j_k}(\theta) - s_{j_k}(\tilde\theta)\big)\, x_{j_k}
+            + \nabla\rho(\theta) + \underbrace{\nabla f(\tilde\theta) - \nabla\rho(\tilde\theta)}_{\text{stored}},
+
+    i.e. ``X_B^T ((phi'(X_B w) - phi'(X_B w~)) * weights) + base + grad rho(w)``: the minibatch rows
+    are gathered once, the scalar derivatives replace two per-item gradients, and one
+    vector-Jacobian product of the margins gives the sum.  Unbiased for every sampler with
+    :math:`E[\sum_k \omega_k g(j_k)] = \sum_i g(i)` (uniform, or importance sampling with
+    :math:`\omega_k = 1/(b p_{j_k})`): :math:`E g = \frac1n\sum_j (s_j(\theta) - s_j(\tilde\theta)) x_j
+    + \nabla\rho(\theta) + \nabla f(\tilde\theta) - \nabla\rho(\tilde\theta) = \nabla f(\theta)`.  With
+    uniform sampling it equals :class:`SVRGGradient` on the same key (same indices); with
+    importance sampling too when the regulariser is outside the sum (a regulariser inside the
+    sum's body is kept exact here, where the generic estimate reweights it by
+    :math:`\sum_k \omega_k / n`, whose mean is 1).  The snapshot (and ``base``, one exact gradient)
+    is refreshed every ``epoch`` steps; ``steps_per_epoch`` is independent of it.
+    """
+
+    control: GLMControl
+    epoch: int = eqx.field(static=True)  # steps between snapshot refreshes
+    evals_per_step: float = eqx.field(static=True)
+    steps_per_epoch: int = eqx.field(static=True)
+
+    @property
+    def objective(self):
+        return self.control.objective
+
+    def init(self, params, key):
+        return SVRGGLMState(params, self.control.snapshot_base(params), jnp.zeros((), jnp.int32))
+
+    def estimate(self, params, state, key):
+        def refresh(s):
+            return SVRGGLMState(params, self.control.snapshot_base(params), s.count)
+
+        state = jax.lax.cond((state.count > 0) & (state.count % self.epoch == 0), refresh, lambda s: s, state)
+        g = self.control.correction(params, state.snapshot, key)
+        grads = _combine(lambda a, b: a + b, g, state.base)
+        return grads, SVRGGLMState(state.snapshot, state.base, state.count + 1)
+
+
+class LSVRGGLMGradient(AbstractGradientEstimator):
+    r"""Loopless SVRG (:class:`LSVRGGradient`; Kovalev, Horváth & Richtárik, ALT 2020) for a GLM
+    body, with the estimate of :class:`SVRGGLMGradient` (one draw, scalar derivatives).  The coin
+    and the minibatch come from the same split of ``key`` as in :class:`LSVRGGradient`, so with
+    uniform sampling the two agree on the same key.  Unbiased.
+    """
+
+    control: GLMControl
+    p: jax.Array
+    sampled_evals: int = eqx.field(static=True)
+    exact_evals: int = eqx.field(static=True)
+    steps_per_epoch: int = eqx.field(static=True)
+
+    @property
+    def objective(self):
+        return self.control.objective
+
+    @property
+    def evals_per_step(self):
+        return 2.0 * self.sampled_evals + self.p * self.exact_evals
+
+    def init(self, params, key):
+        return SVRGGLMState(params, self.control.snapshot_base(params), jnp.zeros((), jnp.int32))
+
+    def estimate(self, params, state, key):
+        k_sample, k_coin = jax.random.split(key)
+        g = self.control.correction(params, state.snapshot, k_sample)
+        grads = _combine(lambda a, b: a + b, g, state.base)
+
+        def refresh(s):
+            return SVRGGLMState(params, self.control.snapshot_base(params), s.count)
+
+        state = jax.lax.cond(jax.random.bernoulli(k_coin, self.p), refresh, lambda s: s, state)
+        return grads, state
+
+
 # ------------------------------------------------------------- recursive (SARAH family)
 
 
@@ -341,8 +491,7 @@ class RecursiveState(eqx.Module):
 
 def _recursive(objective, params, state, key):
     """:math:`\\nabla F(w_t;\\xi) - \\nabla F(w_{t-1};\\xi) + v_{t-1}` (one shared minibatch)."""
-    g = _grad_sample(objective)
-    gw, gp = g(params, key), g(state.prev, key)
+    gw, gp = _grad_pair(objective, params, state.prev, key)
     return _combine(lambda a, b, c: a - b + c, gw, gp, state.v)
 
 
@@ -472,7 +621,7 @@ class STORMGradient(AbstractGradientEstimator):
             return g(params, key)
 
         def recurse():
-            gw, gp = g(params, key), g(state.prev, key)
+            gw, gp = _grad_pair(self.objective, params, state.prev, key)
             return _combine(lambda x, y, d: x + (1.0 - self.a) * (d - y), gw, gp, state.v)
 
         d = jax.lax.cond(state.count == 0, first, recurse)

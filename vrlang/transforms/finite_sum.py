@@ -17,7 +17,8 @@ Every sampled estimator takes ``sampling = uniform | lipschitz | weights(expr)``
 consts visible; params refused, since the weights are computed once per solve from the
 data), detects the generalised-linear-model structure of each sum
 (:mod:`vrlang.check.structure`) -- required by ``sampling = lipschitz``, whose weights are
-the per-item smoothness constants -- and switches SAGA on a GLM body to its scalar table.
+the per-item smoothness constants -- and switches SAGA on a GLM body to its scalar table and
+SVRG/L-SVRG to their scalar-derivative form.
 """
 
 from __future__ import annotations
@@ -108,17 +109,18 @@ class SVRGSum(Transform):
     kind, names = "index", ("svrg",)
 
     def apply(self, binder, spec, sizes):
-        check_args(spec, {"batch": "", "sampling": "", "epoch": ""}, "estimator")
+        check_args(spec, {"batch": "", "sampling": "", "epoch": "", "glm": ""}, "estimator")
         b = number(spec, "batch", 1, integer=True)
         sampler, text, opts = _sampling(spec, b)
         n = sizes[binder.name]
         m = spec.args.get("epoch")
         m = number(spec, "epoch", 1, integer=True) if m is not None else None
         return EstimatorChoice(binder.name, binder.kind, spec, True,
-                               f"2*{b} per step + {n} per snapshot", "one copy of the params and of the full gradient",
+                               f"2*{b} per step + {n} per snapshot (every {m if m else 'n/b'} steps)",
+                               "one copy of the params and of the full gradient",
                                _with_sampling("snapshot + full-gradient control variate (Johnson & Zhang 2013)",
                                               text, opts),
-                               sampler, "svrg", {"epoch": m, "sampling": opts})
+                               sampler, "svrg", {"epoch": m, "sampling": opts, "glm": _glm_flag(spec)})
 
 
 RECURSIVE_NOTE = "variance-reduced, biased (recursive)"
@@ -142,7 +144,7 @@ class LSVRGSum(Transform):
     kind, names = "index", ("lsvrg",)
 
     def apply(self, binder, spec, sizes):
-        check_args(spec, {"batch": "", "sampling": "", "p": ""}, "estimator")
+        check_args(spec, {"batch": "", "sampling": "", "p": "", "glm": ""}, "estimator")
         b, sampler, stext, sopts = _batch(spec, binder)
         n = sizes[binder.name]
         p = _optional(spec, "p", upper=1)
@@ -152,7 +154,18 @@ class LSVRGSum(Transform):
                                "one copy of the params and of the full gradient",
                                "loopless SVRG: snapshot refreshed with probability p each step "
                                "(Kovalev, Horvath & Richtarik 2020)",
-                               sampler, "lsvrg", {"sampling": sopts, "p": p}))
+                               sampler, "lsvrg", {"sampling": sopts, "p": p, "glm": _glm_flag(spec)}))
+
+
+def _glm_flag(spec: Spec) -> bool:
+    """``glm = true | false`` (default true): use the GLM form of the estimator when the body is a GLM."""
+    glm = spec.args.get("glm", True)
+    if not isinstance(glm, bool):
+        what = ("keeps the table of gradients even for a GLM body" if spec.name == "saga" else
+                "keeps the generic estimate (two minibatch gradients) even for a GLM body")
+        raise VrEstimatorError("E302", f"`glm` of `{spec.name}` must be true or false, got `{glm}`",
+                               spec.arg_spans.get("glm") or spec.span, f"glm = false {what}")
+    return glm
 
 
 class SAGASum(Transform):
@@ -162,11 +175,7 @@ class SAGASum(Transform):
         check_args(spec, {"batch": "", "sampling": "", "glm": ""}, "estimator")
         b, sampler, stext, sopts = _batch(spec, binder)
         n = sizes[binder.name]
-        glm = spec.args.get("glm", True)
-        if not isinstance(glm, bool):
-            raise VrEstimatorError("E302", f"`glm` of `saga` must be true or false, got `{glm}`",
-                                   spec.arg_spans.get("glm") or spec.span,
-                                   "glm = false keeps the table of gradients even for a GLM body")
+        glm = _glm_flag(spec)
         return _annotate(stext, sopts, EstimatorChoice(binder.name, binder.kind, spec, True,
                                f"{b} per step (+ {n} once, to fill the table)",
                                f"a table of {n} per-item gradients ({n} copies of the params) and their mean",
@@ -252,7 +261,8 @@ def resolve(cp, program_ast, choices: dict, sizes: dict) -> None:
     weights are checked by a checker that has seen the program's declarations).  Each
     finite-index choice gets ``options["structure"]`` (a :class:`GLM` or a ``NotGLM``
     with the reason); ``weights(expr)`` gets ``options["weights_ir"]`` (typed IR, a
-    scalar per item); SAGA on a GLM body gets ``options["glm_table"] = True``.
+    scalar per item); SAGA on a GLM body gets ``options["glm_table"] = True``, SVRG and
+    L-SVRG ``options["glm_svrg"] = True`` (unless ``glm = false``).
     """
     checker = None
     for b, c in choices.items():
@@ -285,6 +295,10 @@ def resolve(cp, program_ast, choices: dict, sizes: dict) -> None:
                         "gradient (one copy of the params)")
             c.note += ("; GLM body: the table stores one scalar per item, phi'(margin), and the gradient is "
                        "rebuilt as phi'(x_i.w) x_i (Schmidt et al. 2017; Defazio et al. 2014)")
+        if c.family in ("svrg", "lsvrg") and isinstance(glm, GLM) and c.options.get("glm", True):
+            c.options["glm_svrg"] = True
+            c.note += ("; GLM body: one minibatch draw, the control variate from the scalar loss derivatives, "
+                       "X_B^T (phi'(X_B w) - phi'(X_B w~)) (Johnson & Zhang 2013; Schmidt et al. 2017)")
 
 
 def _declarations(program_ast):
