@@ -97,7 +97,7 @@ class ImplicitDecision(Transform):
         inner, inner_text = inner_solver(spec.args.get("inner", DEFAULT_INNER), spec)
         if ls.name == "cg":
             lin = CG(iters, _tol(spec))
-            lin_text = f"conjugate gradients (lineax), at most {iters} HVPs"
+            lin_text = f"conjugate gradients, at most {iters} HVPs"
             lin_cost = f"<= {iters} HVPs"
         elif ls.name == "neumann":
             alpha = number(spec, "alpha", 1.0) if "alpha" in spec.args else None
