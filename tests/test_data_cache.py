@@ -77,6 +77,16 @@ def test_changes_are_seen(counted):
     prog.objective(w, other)
     assert len(counted) == 4
     data2 = _data(seed=1)  # other data of the same shape: no recompilation, new values
+    v2 = prog.objective(w, data2)
+    n = len(counted)
+    data2["X"][len(data2["X"]) // 3 + 1, 1] += 0.5  # one entry, in place
+    assert prog.objective(w, data2) != v2 and len(counted) == n + 1
+    np.random.default_rng(5).shuffle(data2["y"])  # a permutation in place keeps sums, not the checksum
+    prog.objective(w, data2)
+    assert len(counted) == n + 2
+    strided = {"X": data2["X"][::2], "y": data2["y"][::2]}  # not contiguous: bound each time, never cached
+    prog.objective(w, strided), prog.objective(w, strided)
+    assert len(counted) == n + 4
     assert prog.objective(w, data2) == pytest.approx(_f(w["w"], data2["X"].astype(np.float64), data2["y"]), rel=1e-5)
 
 
