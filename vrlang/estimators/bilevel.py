@@ -152,11 +152,15 @@ class GradientDescent(eqx.Module):
     def step_size(self, fn, x0):
         return jnp.asarray(self.lr, x0.dtype) if self.lr is not None else _auto_lr(fn, x0)
 
-    def minimize(self, fn, x0):
+    def minimize(self, fn, x0, ref=None):
+        """From ``x0``; stop at ``||grad|| <= tol ||grad(ref)||`` (``ref``: the cold start of a
+        warm-started solve -- relative to a warm start already at the solution, the test would
+        never pass and every solve would run all its steps)."""
         grad = jax.grad(fn)
         lr = self.step_size(fn, x0)
         g0 = grad(x0)
-        thr = (self.tol if self.tol is not None else default_tol(x0.dtype)) * _norm(g0)
+        gref = g0 if ref is None else grad(ref)
+        thr = (self.tol if self.tol is not None else default_tol(x0.dtype)) * _norm(gref)
 
         def cond(c):
             k, _x, g, done = c
@@ -193,11 +197,13 @@ class LBFGS(eqx.Module):
     memory: int = eqx.field(static=True, default=10)
     tol: float | None = eqx.field(static=True, default=None)
 
-    def minimize(self, fn, x0):
+    def minimize(self, fn, x0, ref=None):
+        """As :meth:`GradientDescent.minimize` (``ref``: the point the tolerance is relative to)."""
         opt = optax.lbfgs(memory_size=self.memory)
         value_and_grad = optax.value_and_grad_from_state(fn)
         g0 = jax.grad(fn)(x0)
-        thr = (self.tol if self.tol is not None else default_tol(x0.dtype)) * _norm(g0)
+        gref = g0 if ref is None else jax.grad(fn)(ref)
+        thr = (self.tol if self.tol is not None else default_tol(x0.dtype)) * _norm(gref)
 
         def cond(c):
             k, _x, _s, done = c
@@ -332,17 +338,19 @@ class Implicit(eqx.Module):
         return self.warm
 
     def _solve(self, fn, init, maximize, start=None):
+        """``(h, x0, unravel, ref)``: ``x0`` the start (warm, if given), ``ref`` the cold start."""
         h, x0, unravel = _flat(fn, init, maximize)
+        ref = None
         if start is not None:
-            x0 = jax.lax.stop_gradient(ravel_pytree(start)[0].astype(x0.dtype))
-        return h, x0, unravel
+            ref, x0 = x0, jax.lax.stop_gradient(ravel_pytree(start)[0].astype(x0.dtype))
+        return h, x0, unravel, ref
 
     def solution(self, fn, init, maximize: bool = False, start=None):
-        h, x0, unravel = self._solve(fn, init, maximize, start)
+        h, x0, unravel, ref = self._solve(fn, init, maximize, start)
         inner = self.inner
 
         def solve(_root_fn, x):
-            return inner.minimize(h, x)
+            return inner.minimize(h, x, ref)
 
         x = jax.lax.custom_root(jax.grad(h), x0, solve, self.linsolve)
         return unravel(x)
@@ -351,8 +359,8 @@ class Implicit(eqx.Module):
         return self._value(fn, init, maximize, start)[0]
 
     def _value(self, fn, init, maximize, start):
-        h, x0, unravel = self._solve(fn, init, maximize, start)
-        v = unravel(jax.lax.stop_gradient(self.inner.minimize(h, x0)))
+        h, x0, unravel, ref = self._solve(fn, init, maximize, start)
+        v = unravel(jax.lax.stop_gradient(self.inner.minimize(h, x0, ref)))
         return fn(v), v
 
     def decide(self, op: str, fn, init):
