@@ -325,12 +325,25 @@ class Interpreter:
                                    node.span)
         init = self._init(node, env)
         # the inner objective is evaluated exactly (key=None): stochastic inner problems are refused at compile
-        # time (except with penalty, whose inner objective is evaluated by _penalised)
+        # time (except with penalty, evaluated by _penalised, and implicit with neumann: decide_sampled below)
         inner = replace(env, key=None, memory=None, collect=None)
 
         def objective(v):
             return _as_float(self.at_home(node.body, inner.bind(node.binder, v)))
 
+        if env.collect is not None and hasattr(plan, "decide_sampled"):
+            # a minibatched inner problem (implicit, stocBiO: vrlang.estimators.stochastic_implicit): the inner
+            # objective is evaluated with a key (its sums sampled), frozen for the inner steps and HVPs
+            frozen = env.frozen()
+
+            def sampled(v, key, is_frozen=False):
+                e = replace(frozen if is_frozen else env, key=key, memory=None, collect=None)
+                return _as_float(self.at_home(node.body, e.bind(node.binder, v)))
+
+            key = None if env.key is None else jax.random.fold_in(env.key, binder_salt(node.binder))
+            out, state = plan.decide_sampled(node.op, sampled, init, (env.memory or {}).get(node.binder), key)
+            env.collect[node.binder] = jax.lax.stop_gradient(state)
+            return out
         if env.collect is not None and getattr(plan, "stateful", False):
             # warm start: the inner solve starts from this binder's last solution (its state)
             out, state = plan.decide_from(node.op, objective, init, (env.memory or {}).get(node.binder))

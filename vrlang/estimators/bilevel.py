@@ -86,7 +86,9 @@ solution, kept as binder state by :mod:`vrlang.estimators.binder_state`; inside 
 blocks each block keeps its own (the blockwise scheme of multi-block bilevel problems).
 Exact evaluations (the logged objective, ``Program.grad``, ``lbfgs``) start from ``init``.
 
-Two further methods keep their own binder state: the fully first-order penalty (F2SA) in
+With a minibatched sum inside the inner problem, ``implicit(linsolve = neumann)`` becomes stocBiO
+(:class:`vrlang.estimators.stochastic_implicit.StochasticImplicit`: minibatch inner steps, a stochastic
+Neumann series with independent minibatch HVPs).  Two further methods keep their own binder state: the fully first-order penalty (F2SA) in
 :mod:`vrlang.estimators.penalty` and BO-REP in :mod:`vrlang.estimators.borep`.
 """
 

@@ -9,19 +9,25 @@ alpha = a, inner = SOLVER)`` (BO-REP, :mod:`vrlang.estimators.borep`; with the o
 a fixed step: the inner objective is evaluated exactly) and ``lbfgs(steps = k, memory = m, tol = t)``
 (the default, ``steps = 100``).
 
-The inner problem is deterministic except with ``penalty``: a sampled estimator (a minibatched
-sum, a sampled expectation) inside the body of a decision binder estimated otherwise is refused
-with E391 by :func:`refuse_stochastic_inner`.  :func:`check_decisions` runs every compile-time
-check of this module.
+The inner problem is deterministic except with ``penalty`` and, for minibatched sums, with
+``implicit(linsolve = neumann)``, whose choice is then replaced by stocBiO (minibatch inner steps on the
+tracked y, ``steps = k, lr = c | auto``; stochastic Neumann series with independent minibatch HVPs:
+:mod:`vrlang.estimators.stochastic_implicit`): any other sampled estimator (a minibatched sum, a sampled
+expectation) inside the body of a decision binder is refused with E391 by :func:`refuse_stochastic_inner`.
+:func:`check_decisions` runs every compile-time check of this module.
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 from vrlang.check.program import BinderInfo
 from vrlang.errors import VrEstimatorError
 from vrlang.estimators.bilevel import CG, LBFGS, POWER_ITERS, Direct, GradientDescent, Implicit, Neumann, Unroll
 from vrlang.estimators.borep import BoRep
 from vrlang.estimators.penalty import AUTO_DRAWS, Penalty
+from vrlang.estimators.stochastic_implicit import AUTO_DRAWS as STO_AUTO_DRAWS
+from vrlang.estimators.stochastic_implicit import StochasticImplicit
 from vrlang.estimators.spec import Spec, check_args, number
 from vrlang.ir import homes
 from vrlang.ir import nodes as N
@@ -75,7 +81,8 @@ class ImplicitDecision(Transform):
     kind, names = "decision", ("implicit",)
 
     def apply(self, binder, spec, sizes):
-        check_args(spec, {"linsolve": "", "iters": "", "inner": "", "tol": "", "alpha": "", "warm": ""}, "estimator")
+        check_args(spec, {"linsolve": "", "iters": "", "inner": "", "tol": "", "alpha": "", "warm": "", "steps": "",
+                          "lr": ""}, "estimator")
         warm = spec.args.get("warm", True)
         if not isinstance(warm, bool):
             raise VrEstimatorError("E302", f"`warm` of `implicit` must be true or false, got `{warm}`",
@@ -129,8 +136,50 @@ class ImplicitDecision(Transform):
                                           if isinstance(inner, LBFGS) else "")
                   + (" + the dense (dim v)^2 Hessian" if ls.name == "direct" and not values_only else "")
                   + "; no tape of the inner iterations")
+        # `steps`/`lr`: the minibatch inner steps of a stochastic inner problem (used by check_decisions)
+        steps = 0 if spec.args.get("steps") == 0 else number(spec, "steps", 10, integer=True)
+        lr = number(spec, "lr", Spec("auto", {}), allow_auto=True)
+        sto = {"steps": steps, "lr": None if lr == "auto" else lr, "iters": iters, "linsolve": ls.name,
+               "alpha": spec_alpha(spec, ls.name), "inner": inner, "inner_text": inner_text, "lin": lin,
+               "values_only": values_only}
         return EstimatorChoice(binder.name, binder.kind, spec, True, cost, memory, note,
-                               family="full", plan=Implicit(inner, lin, warm))
+                               family="full", options={"stochastic": sto}, plan=Implicit(inner, lin, warm))
+
+
+def spec_alpha(spec: Spec, linsolve: str):
+    return number(spec, "alpha", 1.0) if linsolve == "neumann" and "alpha" in spec.args else None
+
+
+def _stochastic_implicit(choice: EstimatorChoice, inner_binder: str) -> EstimatorChoice:
+    """The choice of an ``implicit`` binder whose inner problem has the minibatched sum ``inner_binder``:
+    stocBiO (:mod:`vrlang.estimators.stochastic_implicit`)."""
+    o, spec = choice.options["stochastic"], choice.spec
+    steps, lr, Q, alpha = o["steps"], o["lr"], o["iters"], o["alpha"]
+    lr_text = ("1/L, L the largest top eigenvalue of the inner minibatch Hessian over "
+               f"{STO_AUTO_DRAWS} draws at the initial solution (power iteration, once)" if lr is None else f"{lr:g}")
+    a_text = "the inner step" if alpha is None else f"{alpha:g}"
+    track = (f"the inner variable y is binder state (warm-started; one per block inside a sum over blocks): each "
+             f"outer step takes {steps} minibatch gradient step(s) on it (lr = {lr_text}; a fresh minibatch of "
+             f"`{inner_binder}` per step)")
+    exact = (f"exact evaluations (the initial state, the logged objective, Program.grad, lbfgs): exact inner "
+             f"solve by {o['inner_text']} and the deterministic series")
+    if o["values_only"]:
+        note = (f"BIASED by the inexact inner solution: value function by Danskin's theorem, grad = d_x g_B(x, y) "
+                f"at the tracked y on a minibatch B (unbiased given y*); {track}; {exact}")
+        cost = f"per outer step: {steps} minibatch gradients of g + 1 minibatch gradient of g"
+    else:
+        note = (f"BIASED by the Neumann truncation (1 - a mu)^{Q} and the inexact inner solution; unbiased for the "
+                f"truncated hypergradient given y*: stocBiO (Ji, Yang & Liang, ICML 2021): grad = d_x f - "
+                f"d2_xy g_B0 v, v = a sum_(q<{Q}) prod_(j<=q) (I - a H_Bj) d_y f with independent minibatches "
+                f"B0..B{Q - 1} of `{inner_binder}` (a = {a_text}); {track}; {exact}")
+        cost = (f"per outer step: {steps} minibatch gradients of g (inner steps) + {Q - 1} minibatch HVPs (Neumann, "
+                f"1 HVP ~ 2 gradients; run twice: once on a zero vector in the forward pass) + 1 minibatch "
+                f"mixed second derivative (d2_xy g_B0 v, ~2 gradients) + the gradient of f")
+        if lr is None:
+            cost += f"; once: {STO_AUTO_DRAWS * POWER_ITERS} minibatch HVPs for lr = auto"
+    memory = "1 copy of v + 2 step sizes, per block inside a sum over blocks; no tape of the inner iterations"
+    plan = StochasticImplicit(o["inner"], o["lin"], True, steps, lr, Q, alpha)
+    return replace(choice, unbiased=False, cost=cost, memory=memory, note=note, plan=plan)
 
 
 def _inner_cost(inner) -> str:
@@ -245,7 +294,10 @@ class BoRepDecision(Transform):
 
 def refuse_stochastic_inner(cp, choices: dict) -> None:
     """E391 for a sampled estimator (minibatched sum, sampled expectation) inside a decision binder's body,
-    unless the binder is estimated by ``penalty`` (first order: sampled inner sums are unbiased there)."""
+    unless the binder is estimated by ``penalty`` (first order: sampled inner sums are unbiased there) or
+    the sampled estimator is a minibatched sum and the binder is estimated by ``implicit(linsolve = neumann)``:
+    that binder's choice is then replaced in ``choices`` by stocBiO (:func:`_stochastic_implicit`).  E302 for
+    ``steps``/``lr`` of ``implicit`` without a minibatched inner sum (they apply only there)."""
     from vrlang.estimators.expectation import EnumEstimate
 
     def sampled(c) -> bool:
@@ -255,27 +307,45 @@ def refuse_stochastic_inner(cp, choices: dict) -> None:
             return c.plan is not None and not isinstance(c.plan, EnumEstimate)
         return False
 
+    stochastic = {}
     for node in N.walk(cp.objective):
         if not isinstance(node, N.Decision):
             continue
-        if isinstance(getattr(choices.get(node.binder), "plan", None), Penalty):
+        choice = choices.get(node.binder)
+        if isinstance(getattr(choice, "plan", None), Penalty):
             continue
         for inner in N.walk(node.body):
             if isinstance(inner, (N.Sum, N.Expect)) and inner.binder in choices and sampled(choices[inner.binder]):
                 c = choices[inner.binder]
+                implicit = isinstance(getattr(choice, "plan", None), Implicit)
+                if implicit and c.kind == "index" and choice.options["stochastic"]["linsolve"] == "neumann":
+                    stochastic.setdefault(node.binder, inner.binder)
+                    continue
                 what = "minibatched sum" if c.kind == "index" else "sampled expectation"
                 span = c.spec.span or inner.span
-                fix = (f"estimate {inner.binder} by full (the inner problem is then solved exactly), or estimate "
-                       f"{node.binder} by penalty (first order: minibatched inner sums are fine)"
+                fix = (f"estimate {node.binder} by implicit(linsolve = neumann, iters = 50) (stocBiO: minibatch "
+                       f"Hessian-vector products), or estimate {node.binder} by penalty (first order), or estimate "
+                       f"{inner.binder} by full (the inner problem is then solved exactly)"
                        if c.kind == "index" else
                        f"estimate {inner.binder} by enum if its support is finite, or move the expectation out of "
                        f"the {node.op}, or estimate {node.binder} by penalty")
+                avail = ("`penalty` and `implicit(linsolve = neumann)`" if c.kind == "index" else "`penalty`")
                 raise VrEstimatorError("E391", f"the {what} `{inner.binder}` ({c.spec}) is inside the inner problem "
-                                       f"of {node.op}(`{node.binder}` ...): stochastic inner problems are available "
-                                       "with `penalty` only in this version", span, fix)
+                                       f"of {node.op}(`{node.binder}` ...): stochastic inner problems of this kind "
+                                       f"are available with {avail} only in this version", span, fix)
+    for b, c in choices.items():
+        if isinstance(c.plan, Implicit) and b not in stochastic:
+            for arg in ("steps", "lr"):
+                if arg in c.spec.args:
+                    raise VrEstimatorError("E302", f"`{arg}` of `implicit` applies only when the inner problem of "
+                                           f"`{b}` has a minibatched sum (the minibatch inner steps of stocBiO)",
+                                           c.spec.arg_spans.get(arg) or c.spec.span,
+                                           "the exact inner solve is set by `inner = sgd(steps = k)` or lbfgs")
+    for b, inner_binder in stochastic.items():
+        choices[b] = _stochastic_implicit(choices[b], inner_binder)
 
 
-_STATEFUL_ONLY = (Penalty, BoRep)
+_STATEFUL_ONLY = (Penalty, BoRep, StochasticImplicit)
 
 
 def check_decisions(cp, choices: dict) -> None:
