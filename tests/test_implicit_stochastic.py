@@ -177,3 +177,24 @@ def test_refusals_and_explain(data):
     assert "3 minibatch gradients of g" in text and "39 minibatch HVPs" in text
     # without a minibatched inner sum, implicit is the exact method as before
     assert vrlang.compile(RIDGE, estimators={"v": "implicit(linsolve = neumann)"}).choices["v"].unbiased
+
+
+def test_bias_analysis_accounts_for_sampled_inner_sums():
+    """A minibatched sum inside an argmin estimated by penalty or stocBiO enters the inner objective
+    linearly: no W301 (the method's own bias status covers it); inside a `log` there, W301."""
+    src = """
+data Xtr: real[n, d]
+data ytr: real[n]
+data Xva: real[m, d]
+data yva: real[m]
+param lam: real in positive = 1.0
+let w = argmin(v in real[d]: mean(i in 0..n: (dot(Xtr[i], v) - ytr[i])^2) / 2 + lam / 2 * sumsq(v))
+minimize mean(j in 0..m: (dot(Xva[j], w) - yva[j])^2) / 2
+estimate i by sgd(batch = 4)
+"""
+    for spec in ("penalty(sigma = 100)", "implicit(linsolve = neumann, iters = 10)"):
+        assert vrlang.compile(src, estimators={"v": spec}).warnings == []
+    bad = src.replace("mean(i in 0..n: (dot(Xtr[i], v) - ytr[i])^2) / 2",
+                      "log(mean(i in 0..n: (dot(Xtr[i], v) - ytr[i])^2))")
+    w = vrlang.compile(bad, estimators={"v": "penalty(sigma = 100)"}).warnings
+    assert [x.code for x in w] == ["W301"] and "`log`" in w[0].message

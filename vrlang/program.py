@@ -680,8 +680,10 @@ def compile(src: str | os.PathLike, *, consts: Mapping | None = None, externs: M
         _refuse_unsupported(cp, choices)
         check_solver(choices, scfg)  # borep: normalised momentum
         sampled = {b for b, c in choices.items() if c.sampler is not None or _stochastic(c)}
+        absorbing = {b for b, c in choices.items() if c.kind == "decision" and _takes_sampled_inner(c)}
         warnings = switched + cv_warnings + bias.analyse(cp.objective, sampled,
-                                                         kinds={b: i.kind for b, i in cp.binders.items()})
+                                                         kinds={b: i.kind for b, i in cp.binders.items()},
+                                                         absorbing=absorbing)
     except VrError as e:
         raise e.with_source(text, file)
     for w in warnings:
@@ -707,6 +709,13 @@ def _refuse_unsupported(cp: CheckedProgram, choices) -> None:
                                f"(sampled: {', '.join(f'`{b}`' for b in sampled)})", choices[saga[0]].spec.span,
                                "estimate one binder by saga and the others by full, or use svrg/lsvrg")
     check_decisions(cp, choices)  # decision binders: stochastic inner problems (penalty only), binder state
+
+
+def _takes_sampled_inner(choice: EstimatorChoice) -> bool:
+    """A decision binder whose method handles minibatched sums in its inner problem (penalty, stocBiO)."""
+    from vrlang.estimators.penalty import Penalty
+    from vrlang.estimators.stochastic_implicit import StochasticImplicit
+    return isinstance(choice.plan, (Penalty, StochasticImplicit))
 
 
 def _stochastic(choice: EstimatorChoice) -> bool:

@@ -21,23 +21,34 @@ _LINEAR_FIRST = {"div"}  # linear in the numerator only
 _OP_NAMES = {"pow": "^", "mul": "*", "div": "/", "dot": "dot", "matmul": "@"}
 
 
-def _sampled_in(node: N.Node, sampled: set[str], memo: dict) -> frozenset:
+def _sampled_in(node: N.Node, sampled: set[str], memo: dict, absorbing: frozenset = frozenset()) -> frozenset:
     key = id(node)
     if key not in memo:
         found = set()
         if isinstance(node, (N.Sum, N.Expect)) and node.binder in sampled:
             found.add(node.binder)
-        for c in node.children():
-            found |= _sampled_in(c, sampled, memo)
+        for c in _children(node, absorbing):
+            found |= _sampled_in(c, sampled, memo, absorbing)
         memo[key] = frozenset(found)
     return memo[key]
 
 
+def _children(node: N.Node, absorbing: frozenset):
+    """A decision binder whose method handles sampled sums in its inner problem (``penalty``,
+    stochastic ``implicit``) does not pass them on: the method's own bias status accounts for
+    them, and its body is analysed as a root of its own."""
+    if isinstance(node, N.Decision) and node.binder in absorbing:
+        return [c for c in node.children() if c is not node.body]
+    return node.children()
+
+
 def analyse(root: N.Node, sampled: set[str], where: str = "the objective",
-            kinds: dict[str, str] | None = None) -> list[VrWarning]:
-    """Warnings for every sampled binder that reaches ``root`` through a nonlinear operation."""
+            kinds: dict[str, str] | None = None, absorbing: set[str] | frozenset = frozenset()) -> list[VrWarning]:
+    """Warnings for every sampled binder that reaches ``root`` through a nonlinear operation
+    (``absorbing``: decision binders whose method takes sampled sums in their inner problem)."""
     if not sampled:
         return []
+    absorbing = frozenset(absorbing)
     memo: dict = {}
     warnings: dict[str, VrWarning] = {}
 
@@ -47,17 +58,17 @@ def analyse(root: N.Node, sampled: set[str], where: str = "the objective",
         if id(node) in visited:  # a shared `let` is visited once (else the walk is exponential in the lets)
             return
         visited.add(id(node))
-        here = _sampled_in(node, sampled, memo)
+        here = _sampled_in(node, sampled, memo, absorbing)
         if not here:
             return
         nonlinear: set[str] = set()
         op_name = None
         if isinstance(node, (N.ExternCall, N.Dist)):  # an extern or a distribution's parameters: not linear
             for a in node.children():
-                nonlinear |= _sampled_in(a, sampled, memo)
+                nonlinear |= _sampled_in(a, sampled, memo, absorbing)
             op_name = node.name
         if isinstance(node, N.Op):
-            arg_sets = [_sampled_in(a, sampled, memo) for a in node.args]
+            arg_sets = [_sampled_in(a, sampled, memo, absorbing) for a in node.args]
             if node.op in _LINEAR_ALL:
                 pass
             elif node.op in _LINEAR_ONE_SIDE and len(arg_sets) == 2:
@@ -83,8 +94,11 @@ def analyse(root: N.Node, sampled: set[str], where: str = "the objective",
                         f"{what} passes through the nonlinear `{op}` in {where}, "
                         f"so its gradient estimate is biased",
                         node.span, fix)
-        for c in node.children():
+        for c in _children(node, absorbing):
             visit(c)
 
     visit(root)
+    for node in N.walk(root):  # inner objectives that take sampled sums: those must enter them linearly
+        if isinstance(node, N.Decision) and node.binder in absorbing:
+            visit(node.body)
     return list(warnings.values())
