@@ -280,13 +280,26 @@ class EMAScoreEstimate(eqx.Module):
         return jnp.mean(f, axis=0) + _weighted_mean(score, fs - b[None]), new
 
 
+def _support_probs(dist, support):
+    """``q(z)`` for every ``z`` of the support: the distribution's own probabilities for a scalar
+    Bernoulli/Categorical with logits (no gather of log-probabilities at the support points)."""
+    import numpyro.distributions as nd
+
+    if tuple(dist.batch_shape) == ():
+        if isinstance(dist, nd.BernoulliLogits):
+            return jnp.stack([jax.nn.sigmoid(-dist.logits), jax.nn.sigmoid(dist.logits)])
+        if isinstance(dist, nd.CategoricalLogits):
+            return jax.nn.softmax(dist.logits)
+    return jnp.exp(log_prob(dist, support))
+
+
 class EnumEstimate(eqx.Module):
     def surrogate(self, name, dist, body, key, cast):
         if name == "Bernoulli":
             support = jnp.arange(2, dtype=jnp.int32)
         else:  # Categorical
             support = jnp.arange(dist.probs.shape[-1], dtype=jnp.int32)
-        p = jnp.exp(log_prob(dist, support))
+        p = _support_probs(dist, support)
         vals = jax.vmap(body)(cast(support), jnp.arange(support.shape[0]))
         w = p.reshape(p.shape + (1,) * (vals.ndim - 1))
         return jnp.sum(w * vals, axis=0)
