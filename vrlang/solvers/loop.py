@@ -122,8 +122,13 @@ def _solve(problem, u0, key, lr, hyper, limits, token, solver, memory, capacity)
         reps = problem.reports.value(problem.to_params(u)) if n_rep else jnp.zeros((0,), fdt)
         return problem.sign * obj, gnorm, reps
 
-    def step(c):
+    def step(_, c):
+        # a step of a fixed-trip-count loop (one epoch): a step past the `steps` limit, or after a
+        # non-finite one, is computed but not taken.  A loop whose trip count is known needs no
+        # device-to-host read of its condition per iteration (on a GPU, that read cost more than a
+        # small step); the waste is bounded by one epoch, at the end of a solve.
         j, u, opt_state, est_state, key, steps, evals, ok = c
+        active = ok & (steps < limits["steps"])
         key, k = jax.random.split(key)
         if solver == "lbfgs":
             est_state2 = est_state
@@ -135,16 +140,17 @@ def _solve(problem, u0, key, lr, hyper, limits, token, solver, memory, capacity)
             updates, opt_state2 = opt.update(g, opt_state, u)
         u2 = optax.apply_updates(u, updates)
         good = _finite(u2) & _finite(g)
-        u = _select(good, u2, u)
-        opt_state = _select(good, opt_state2, opt_state)
+        take = active & good
+        u = _select(take, u2, u)
+        opt_state = _select(take, opt_state2, opt_state)
         est_state = est_state2  # unguarded: a bad step ends the solve and the state is discarded (a select copies it)
-        return (j + 1, u, opt_state, est_state, key, steps + 1, evals + est.evals_per_step, good)
+        return (j + 1, u, opt_state, est_state, key, steps + active.astype(jnp.int32),
+                evals + jnp.where(active, est.evals_per_step, 0.0), ok & (good | ~active))
 
     def epoch_body(c):
         u, opt_state, est_state, key, epoch, steps, evals, status, hist, nrec, last_u = c
         inner = (jnp.int32(0), u, opt_state, est_state, key, steps, evals, jnp.array(True))
-        inner = jax.lax.while_loop(
-            lambda s: (s[0] < spe) & (s[5] < limits["steps"]) & s[7], step, inner)
+        inner = jax.lax.fori_loop(0, spe, step, inner)
         _, u, opt_state, est_state, key, steps, evals, ok = inner
         epoch = epoch + 1
         obj, gnorm, reps = measure(u, opt_state)
