@@ -48,8 +48,6 @@ import glob
 import importlib.util
 import json
 import os
-import platform
-import subprocess
 import sys
 import time
 from functools import partial
@@ -69,6 +67,8 @@ import jax.numpy as jnp  # noqa: E402
 import optax  # noqa: E402
 
 import vrlang  # noqa: E402
+
+import _common  # noqa: E402  (benchmarks/_common.py)
 from vrlang.estimators.bilevel import default_tol  # noqa: E402
 from vrlang.solvers.spec import make_optimizer  # noqa: E402
 
@@ -490,24 +490,7 @@ def run_outer(P: Problem, steps: int) -> dict:
 
 
 def machine_info() -> dict:
-    cpu = "unknown"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                text=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "vrlang", "benchmarks/bilevel.py"], cwd=ROOT,
-                               capture_output=True, text=True).stdout.strip()
-        commit += " (with uncommitted changes)" if dirty else ""
-    except OSError:
-        commit = "unknown"
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "jax": jax.__version__,
-            "devices": str(jax.devices()), "commit": commit, "load_avg_start": os.getloadavg()}
+    return _common.machine_info(watched=("vrlang", "benchmarks/bilevel.py"))
 
 
 def plot(outer: dict, path: Path) -> None:
@@ -622,17 +605,7 @@ def write_section(res: dict, path: Path) -> None:
                     L.append(f"| {name} | {t['label']} | {t['final']:.4f} | {t['min']:.4f} |")
         L.append("")
     L.append("<!-- bilevel:end -->")
-    section = "\n".join(L) + "\n"
-    if path.exists():
-        text = path.read_text()
-        a, b = text.find("<!-- bilevel:start -->"), text.find("<!-- bilevel:end -->")
-        if a >= 0 and b >= 0:
-            text = text[:a] + section + text[b + len("<!-- bilevel:end -->") + 1:]
-        else:
-            text = text.rstrip("\n") + "\n\n" + section
-    else:
-        text = "# Benchmark results\n\n" + section
-    path.write_text(text)
+    _common.write_section(path, "bilevel", "\n".join(L) + "\n")
 
 
 def main(argv=None):

@@ -47,9 +47,7 @@ import datetime
 import json
 import math
 import os
-import platform
 import re
-import subprocess
 import sys
 import time
 import zlib
@@ -65,6 +63,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 import vrlang  # noqa: E402
+
+import _common  # noqa: E402  (benchmarks/_common.py)
 
 BENCH = ROOT / "benchmarks"
 SEED = 0
@@ -427,39 +427,8 @@ def bench_elbo(n, draws):
 
 
 def machine_info() -> dict:
-    cpu = "unknown"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = None
-    try:
-        for line in open("/proc/meminfo"):
-            if line.startswith("MemTotal"):
-                mem = int(line.split()[1]) / 1024 / 1024
-    except OSError:
-        pass
-    try:
-        affinity = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover
-        affinity = os.cpu_count()
     import numpyro
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                text=True).stdout.strip() or "unknown"
-        dirty = subprocess.run(["git", "status", "--porcelain", "vrlang"], cwd=ROOT, capture_output=True,
-                               text=True).stdout.strip()
-        commit += " (vrlang/ has uncommitted changes)" if dirty else ""
-    except OSError:
-        commit = "unknown"
-    commit = os.environ.get("VRLANG_COMMIT", commit)  # a copy of the tree without .git (e.g. a remote machine)
-    return {"cpu": cpu, "cores": os.cpu_count(), "usable_cores": affinity, "ram_gib": mem,
-            "python": platform.python_version(), "jax": jax.__version__, "backend": jax.default_backend(),
-            "devices": str(jax.devices()), "numpy": np.__version__, "numpyro": numpyro.__version__,
-            "commit": commit, "load_avg_start": list(os.getloadavg())}
+    return _common.machine_info(numpyro=numpyro.__version__)
 
 
 def _f(x, fmt=".4g"):
@@ -544,18 +513,7 @@ def write_report(res: dict, path: Path, name: str):
     if res.get("elbo_notes"):
         L += ["", res["elbo_notes"]]
     L.append(f"<!-- {name}:end -->")
-    section = "\n".join(L) + "\n"
-    if path.exists():
-        text = path.read_text()
-        a, b = text.find(f"<!-- {name}:start -->"), text.find(f"<!-- {name}:end -->")
-        if a >= 0 and b >= 0:
-            text = text[:a] + section + text[b + len(f"<!-- {name}:end -->") + 1:]
-        else:
-            text = text.rstrip("\n") + "\n\n" + section
-    else:
-        text = ("# Benchmark results\n\nEvery number below was measured by the script named in its section; "
-                "see `benchmarks/README.md`.\n\n" + section)
-    path.write_text(text)
+    _common.write_section(path, name, "\n".join(L) + "\n")
 
 
 ANALYSIS = (

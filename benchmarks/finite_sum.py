@@ -28,7 +28,6 @@ import datetime
 import json
 import math
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -49,6 +48,8 @@ import jax.numpy as jnp  # noqa: E402
 from jax.experimental import io_callback  # noqa: E402
 
 import vrlang  # noqa: E402
+
+import _common  # noqa: E402  (benchmarks/_common.py)
 
 BENCH = ROOT / "benchmarks"
 TARGET = 1e-6  # relative suboptimality (f - f*) / |f*|
@@ -294,39 +295,9 @@ def hand_run(alg, X, y, lr, lam, b, epochs, with_eval, key=0):
 
 
 def machine_info() -> dict:
-    cpu = "unknown"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = None
-    try:
-        for line in open("/proc/meminfo"):
-            if line.startswith("MemTotal"):
-                mem = int(line.split()[1]) / 1024 / 1024
-    except OSError:
-        pass
-    try:
-        affinity = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover
-        affinity = os.cpu_count()
     import scipy
     import sklearn
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                text=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "vrlang"], cwd=ROOT, capture_output=True,
-                               text=True).stdout.strip()
-        commit += " (vrlang/ has uncommitted changes)" if dirty else ""
-    except OSError:
-        commit = "unknown"
-    return {"cpu": cpu, "cores": os.cpu_count(), "usable_cores": affinity, "ram_gib": mem,
-            "python": platform.python_version(), "jax": jax.__version__, "backend": jax.default_backend(),
-            "devices": str(jax.devices()), "numpy": np.__version__, "scipy": scipy.__version__,
-            "sklearn": sklearn.__version__, "commit": commit, "load_avg_start": os.getloadavg()}
+    return _common.machine_info(scipy=scipy.__version__, sklearn=sklearn.__version__)
 
 
 def rel_sub(f, fstar):
@@ -942,18 +913,7 @@ def write_report(res: dict, path: Path):
             L.append(f"- {line}")
         L.append("")
     L.append("<!-- finite_sum:end -->")
-    section = "\n".join(L) + "\n"
-    if path.exists():
-        text = path.read_text()
-        a, b = text.find("<!-- finite_sum:start -->"), text.find("<!-- finite_sum:end -->")
-        if a >= 0 and b >= 0:
-            text = text[:a] + section + text[b + len("<!-- finite_sum:end -->") + 1:]
-        else:
-            text = text.rstrip("\n") + "\n\n" + section
-    else:
-        text = ("# Benchmark results\n\nEvery number below was measured by the script named in its section; "
-                "see `benchmarks/README.md`.\n\n" + section)
-    path.write_text(text)
+    _common.write_section(path, "finite_sum", "\n".join(L) + "\n")
 
 
 # ============================================================================= main
