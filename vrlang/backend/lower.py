@@ -30,10 +30,14 @@ import jax.numpy as jnp
 
 from vrlang.backend import builtins as JB
 from vrlang.errors import VrDataError, VrEstimatorError
+from vrlang.estimators.sampling import UniformSampler
 from vrlang.ir import homes
 from vrlang.ir import nodes as N
 
 _DTYPES = {"real": None, "int": jnp.int32, "bool": jnp.bool_}
+
+
+_INNER_KEY = 0x1A5B  # the fixed key of a minibatch inner solver's draws in exact evaluations
 
 
 def binder_salt(name: str) -> int:
@@ -327,9 +331,17 @@ class Interpreter:
         # the inner objective is evaluated exactly (key=None): stochastic inner problems are refused at compile
         # time (except with penalty, evaluated by _penalised, and implicit with neumann: decide_sampled below)
         inner = replace(env, key=None, memory=None, collect=None)
+        batch = getattr(getattr(plan, "inner", None), "batch", None)  # a minibatch inner solver (inner = svrg)
+        if batch is not None:  # draws: the step's key (or, exact evaluations, a fixed key) folded with the salt
+            base = jax.random.fold_in(jax.random.PRNGKey(_INNER_KEY) if env.key is None else env.key,
+                                      binder_salt(node.binder))
+            drawn = {s.binder: UniformSampler(batch) for s in N.walk(node.body)
+                     if isinstance(s, N.Sum) and s.binder not in env.samplers}
 
-        def objective(v):
-            return _as_float(self.at_home(node.body, inner.bind(node.binder, v)))
+        def objective(v, draw=None):
+            e = inner if draw is None else replace(inner, key=jax.random.fold_in(base, draw),
+                                                   samplers={**inner.samplers, **drawn})
+            return _as_float(self.at_home(node.body, e.bind(node.binder, v)))
 
         if env.collect is not None and hasattr(plan, "decide_sampled"):
             # a minibatched inner problem (implicit, stocBiO: vrlang.estimators.stochastic_implicit): the inner

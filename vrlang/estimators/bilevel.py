@@ -21,6 +21,8 @@ Inner solvers (``minimize(fn, x0) -> x``; never differentiated):
   initial point, from a power iteration of Hessian-vector products.  (The DSL calls it
   ``sgd``: with an exact inner objective it is plain gradient descent.)
 * :class:`LBFGS` -- ``optax.lbfgs`` with its zoom line search, in a ``lax.while_loop``.
+* :class:`vrlang.estimators.inner_svrg.InnerSVRG` -- SVRG on minibatches of the inner sums
+  (the objective then also takes a draw number, ``fn(v, t)``: see that module).
 
 Linear solvers for :math:`H u = b`, :math:`H = \nabla^2_{vv} g` given only as a matvec
 (Hessian-vector products, :math:`H` is never formed except by :class:`Direct`).  Each is
@@ -311,13 +313,16 @@ class Direct(_LinearSolver):
 
 
 def _flat(fn, init, maximize: bool):
-    """The inner objective on a flat vector, negated for argmax/max, and the initial point."""
+    """The inner objective on a flat vector, negated for argmax/max, and the initial point.
+
+    Extra arguments are passed through (an inner solver that draws minibatches, e.g.
+    :class:`vrlang.estimators.inner_svrg.InnerSVRG`, calls ``h(x, draw)``)."""
     x0, unravel = ravel_pytree(init)
     x0 = jax.lax.stop_gradient(x0)  # the solution map does not depend on the starting point
     sign = -1.0 if maximize else 1.0
 
-    def h(x):
-        return sign * fn(unravel(x))
+    def h(x, *args):
+        return sign * fn(unravel(x), *args)
 
     return h, x0, unravel
 

@@ -7,7 +7,8 @@
 alpha = a, inner = SOLVER)`` (BO-REP, :mod:`vrlang.estimators.borep`; with the outer solver
 ``normalized``).  Inner solvers: ``sgd(lr = c | auto, steps = k, tol = t)`` (gradient descent with
 a fixed step: the inner objective is evaluated exactly) and ``lbfgs(steps = k, memory = m, tol = t)``
-(the default, ``steps = 100``).
+(the default, ``steps = 100``); with ``implicit`` only, ``svrg(steps = k, batch = b, lr = c | auto,
+epoch = m)`` (SVRG on minibatches of the inner sums, :mod:`vrlang.estimators.inner_svrg`).
 
 The inner problem is deterministic except with ``penalty`` and, for minibatched sums, with
 ``implicit(linsolve = neumann)``, whose choice is then replaced by stocBiO (minibatch inner steps on the
@@ -25,6 +26,8 @@ from vrlang.check.program import BinderInfo
 from vrlang.errors import VrEstimatorError
 from vrlang.estimators.bilevel import CG, LBFGS, POWER_ITERS, Direct, GradientDescent, Implicit, Neumann, Unroll
 from vrlang.estimators.borep import BoRep
+from vrlang.estimators.inner_svrg import AUTO_DRAWS as SVRG_AUTO_DRAWS
+from vrlang.estimators.inner_svrg import DEFAULT_EPOCH, InnerSVRG
 from vrlang.estimators.penalty import AUTO_DRAWS, Penalty
 from vrlang.estimators.stochastic_implicit import AUTO_DRAWS as STO_AUTO_DRAWS
 from vrlang.estimators.stochastic_implicit import StochasticImplicit
@@ -34,8 +37,8 @@ from vrlang.ir import nodes as N
 from vrlang.transforms.base import EstimatorChoice, Transform
 
 LINSOLVES = ("cg", "neumann", "direct")
-INNER_SOLVERS = ("sgd", "lbfgs")
-INNER_PLANNED = ("svrg", "saga", "lsvrg", "adam")  # stochastic / other inner solvers: later work
+INNER_SOLVERS = ("sgd", "lbfgs", "svrg")  # svrg: with implicit only
+INNER_PLANNED = ("saga", "lsvrg", "adam")  # other stochastic inner solvers: later work
 DEFAULT_INNER = Spec("lbfgs", {"steps": 100})
 DEFAULT_ITERS = 100
 NO_WARM_START = "each outer step solves the inner problem afresh from its `= init` value (default 0; no warm start)"
@@ -52,7 +55,8 @@ def _tol(spec: Spec):
 
 
 def inner_solver(spec: Spec, outer: Spec):
-    """``sgd(lr, steps, tol)`` or ``lbfgs(steps, memory, tol)`` -> (runtime solver, description)."""
+    """``sgd(lr, steps, tol)``, ``lbfgs(steps, memory, tol)`` or, for ``implicit``, ``svrg(steps, batch, lr,
+    epoch)`` -> (runtime solver, description)."""
     span = outer.arg_spans.get("inner") or outer.span
     if not isinstance(spec, Spec):
         raise VrEstimatorError("E302", f"`inner` of `{outer.name}` must be a solver such as lbfgs(steps = 100)",
@@ -64,6 +68,23 @@ def inner_solver(spec: Spec, outer: Spec):
         raise VrEstimatorError("E302", f"unknown inner solver `{spec.name}` for `{outer.name}`", spec.span or span,
                                f"inner solvers: {', '.join(INNER_SOLVERS)}")
     steps = number(spec, "steps", 100, integer=True)
+    if spec.name == "svrg":
+        if outer.name != "implicit":
+            raise VrEstimatorError("E391", f"the inner solver `svrg` is available with `implicit` only in this "
+                                   f"version, not with `{outer.name}`", spec.span or span,
+                                   "use inner = lbfgs(steps = 100) or sgd(steps = k)")
+        check_args(spec, {"steps": "", "batch": "", "lr": "", "epoch": ""}, "inner solver")
+        batch = number(spec, "batch", 8, integer=True)
+        epoch = number(spec, "epoch", DEFAULT_EPOCH, integer=True)
+        lr = number(spec, "lr", Spec("auto", {}), allow_auto=True)
+        lr_text = (f"1/(2 L), L the largest top eigenvalue of the minibatch inner Hessian over {SVRG_AUTO_DRAWS} "
+                   "draws at the start (power iteration)" if lr == "auto" else f"{lr:g}")
+        text = (f"SVRG (Johnson & Zhang 2013) on the inner sums: {steps} steps on minibatches of {batch} "
+                f"(uniform, with replacement, per sum of the body), a snapshot with its full gradient every "
+                f"{epoch} steps, lr = {lr_text}, from the (warm-started) inner state; the minibatches are "
+                f"drawn with the step's key, or a fixed key in exact evaluations (Program.grad stays "
+                f"deterministic); approximate: the hypergradient error is O(|v - v*|)")
+        return InnerSVRG(steps, batch, None if lr == "auto" else lr, epoch), text
     if spec.name == "sgd":
         check_args(spec, {"lr": "", "steps": "", "tol": ""}, "inner solver")
         lr = number(spec, "lr", Spec("auto", {}), allow_auto=True)
@@ -142,7 +163,10 @@ class ImplicitDecision(Transform):
         sto = {"steps": steps, "lr": None if lr == "auto" else lr, "iters": iters, "linsolve": ls.name,
                "alpha": spec_alpha(spec, ls.name), "inner": inner, "inner_text": inner_text, "lin": lin,
                "values_only": values_only}
-        return EstimatorChoice(binder.name, binder.kind, spec, True, cost, memory, note,
+        svrg = isinstance(inner, InnerSVRG)  # a random, approximate inner solution: flagged
+        if svrg:
+            note = ("BIASED by the inexact inner solution (SVRG, a fixed number of minibatch steps): " + note)
+        return EstimatorChoice(binder.name, binder.kind, spec, not svrg, cost, memory, note,
                                family="full", options={"stochastic": sto}, plan=Implicit(inner, lin, warm))
 
 
@@ -154,6 +178,12 @@ def _stochastic_implicit(choice: EstimatorChoice, inner_binder: str) -> Estimato
     """The choice of an ``implicit`` binder whose inner problem has the minibatched sum ``inner_binder``:
     stocBiO (:mod:`vrlang.estimators.stochastic_implicit`)."""
     o, spec = choice.options["stochastic"], choice.spec
+    if isinstance(o["inner"], InnerSVRG):
+        raise VrEstimatorError("E391", f"`{choice.binder}` has inner = svrg and a minibatched sum `{inner_binder}` "
+                               "inside its inner problem (stocBiO): svrg as the inner solver needs the inner sums "
+                               "estimated by full in this version", spec.arg_spans.get("inner") or spec.span,
+                               f"estimate {inner_binder} by full (svrg draws its own minibatches), or use "
+                               "inner = lbfgs(steps = 100)")
     steps, lr, Q, alpha = o["steps"], o["lr"], o["iters"], o["alpha"]
     lr_text = ("1/L, L the largest top eigenvalue of the inner minibatch Hessian over "
                f"{STO_AUTO_DRAWS} draws at the initial solution (power iteration, once)" if lr is None else f"{lr:g}")
@@ -185,6 +215,11 @@ def _stochastic_implicit(choice: EstimatorChoice, inner_binder: str) -> Estimato
 def _inner_cost(inner) -> str:
     if isinstance(inner, LBFGS):
         return f"<= {inner.steps} L-BFGS steps (1 gradient each + line-search evaluations)"
+    if isinstance(inner, InnerSVRG):
+        snaps = -(-inner.steps // max(1, inner.epoch))
+        auto = "" if inner.lr is not None else f" + {SVRG_AUTO_DRAWS * POWER_ITERS} minibatch HVPs for lr = auto"
+        return (f"{2 * inner.steps} minibatch gradients (batch {inner.batch}) + {snaps} full gradients "
+                f"(snapshots){auto}")
     auto = "" if inner.lr is not None else f" + {POWER_ITERS} HVPs for lr = auto"
     return f"<= {inner.steps} gradients{auto}"
 
