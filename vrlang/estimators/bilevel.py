@@ -137,10 +137,34 @@ def hessian_matvec(fn, x):
     return mv
 
 
+AUTO_DRAWS = 4  # minibatch draws whose Hessians set a stochastic method's lr = auto
+
+
+def inverse_step(L, scale=1.0, fallback=1e-3):
+    """``scale / L`` for a curvature estimate ``L``; ``fallback`` when ``L`` is not finite and positive."""
+    tiny = jnp.finfo(jnp.result_type(L)).tiny
+    return jnp.where(jnp.isfinite(L) & (L > tiny), scale / jnp.maximum(L, tiny), fallback)
+
+
+def sampled_top_eigenvalue(fn, x, draws):
+    """The largest top Hessian eigenvalue of ``fn(., draw)`` at ``x`` over ``draws`` (minibatch draws:
+    keys or draw numbers), by power iteration: a curvature the sampled objectives all respect."""
+    return jnp.max(jax.vmap(lambda t: top_eigenvalue(hessian_matvec(lambda v: fn(v, t), x), x))(draws))
+
+
+def neumann_series(matvec, b, alpha, iters: int):
+    """``alpha * sum_{k<iters} (I - alpha H)^k b`` (``iters - 1`` HVPs)."""
+    def body(_, c):
+        p, acc = c
+        p = p - alpha * matvec(p)
+        return p, acc + p
+
+    _, acc = jax.lax.fori_loop(0, iters - 1, body, (b, b))
+    return alpha * acc
+
+
 def _auto_lr(fn, x0):
-    L = top_eigenvalue(hessian_matvec(fn, x0), x0)
-    tiny = jnp.finfo(x0.dtype).tiny
-    return jnp.where(jnp.isfinite(L) & (L > tiny), 1.0 / jnp.maximum(L, tiny), 1e-3)
+    return inverse_step(top_eigenvalue(hessian_matvec(fn, x0), x0))
 
 
 # ------------------------------------------------------------------------------------------ inner solvers
@@ -286,19 +310,10 @@ class Neumann(_LinearSolver):
 
     def solve(self, matvec, b):
         if self.alpha is None:
-            L = top_eigenvalue(matvec, b)
-            tiny = jnp.finfo(b.dtype).tiny
-            alpha = jnp.where(jnp.isfinite(L) & (L > tiny), 1.0 / jnp.maximum(L, tiny), 0.0)
+            alpha = inverse_step(top_eigenvalue(matvec, b), fallback=0.0)
         else:
             alpha = jnp.asarray(self.alpha, b.dtype)
-
-        def body(_, c):
-            p, acc = c
-            p = p - alpha * matvec(p)
-            return p, acc + p
-
-        _, acc = jax.lax.fori_loop(0, self.iters - 1, body, (b, b))
-        return alpha * acc
+        return neumann_series(matvec, b, alpha, self.iters)
 
 
 class Direct(_LinearSolver):
@@ -411,4 +426,5 @@ def argmax(fn, init, method=None):
 
 
 __all__ = ["CG", "DECISION_OPS", "Direct", "GradientDescent", "Implicit", "LBFGS", "Neumann", "Unroll", "argmax",
-           "argmin", "default_tol", "hessian_matvec", "top_eigenvalue"]
+           "argmin", "default_tol", "hessian_matvec", "inverse_step", "neumann_series", "sampled_top_eigenvalue",
+           "top_eigenvalue"]

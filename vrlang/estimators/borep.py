@@ -47,7 +47,7 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from vrlang.estimators.bilevel import LBFGS, Implicit, Neumann, _auto_lr, _flat, _LinearSolver
+from vrlang.estimators.bilevel import LBFGS, Implicit, Neumann, _auto_lr, _flat, _LinearSolver, neumann_series
 
 
 class NeumannAt(_LinearSolver):
@@ -57,15 +57,7 @@ class NeumannAt(_LinearSolver):
     iters: int = eqx.field(static=True, default=20)
 
     def solve(self, matvec, b):
-        alpha = jnp.asarray(self.alpha, b.dtype)
-
-        def body(_, c):
-            p, acc = c
-            p = p - alpha * matvec(p)
-            return p, acc + p
-
-        _, acc = jax.lax.fori_loop(0, self.iters - 1, body, (b, b))
-        return alpha * acc
+        return neumann_series(matvec, b, jnp.asarray(self.alpha, b.dtype), self.iters)
 
 
 class BoRep(eqx.Module):

@@ -36,9 +36,8 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from vrlang.estimators.bilevel import hessian_matvec, top_eigenvalue
+from vrlang.estimators.bilevel import AUTO_DRAWS, inverse_step, sampled_top_eigenvalue
 
-AUTO_DRAWS = 4  # minibatch draws whose Hessians set lr = auto
 _AUTO_DRAW0 = 1 << 30  # draw numbers of the lr = auto minibatches (disjoint from the steps' 0..steps-1)
 DEFAULT_EPOCH = 10
 
@@ -55,9 +54,7 @@ class InnerSVRG(eqx.Module):
         if self.lr is not None:
             return jnp.asarray(self.lr, x0.dtype)
         draws = _AUTO_DRAW0 + jnp.arange(AUTO_DRAWS, dtype=jnp.int32)
-        L = jnp.max(jax.vmap(lambda t: top_eigenvalue(hessian_matvec(lambda v: fn(v, t), x0), x0))(draws))
-        tiny = jnp.finfo(x0.dtype).tiny
-        return jnp.where(jnp.isfinite(L) & (L > tiny), 0.5 / jnp.maximum(L, tiny), 1e-3)
+        return inverse_step(sampled_top_eigenvalue(fn, x0, draws), scale=0.5)
 
     def minimize(self, fn, x0, ref=None):
         """SVRG from ``x0`` (``ref``, the cold start of a warm-started solve, is not used: no early stop)."""
@@ -80,4 +77,4 @@ class InnerSVRG(eqx.Module):
         raise NotImplementedError("unrolling differentiates gradient descent only")
 
 
-__all__ = ["AUTO_DRAWS", "DEFAULT_EPOCH", "InnerSVRG"]
+__all__ = ["DEFAULT_EPOCH", "InnerSVRG"]

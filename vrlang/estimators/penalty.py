@@ -76,10 +76,9 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from vrlang.estimators.bilevel import LBFGS, hessian_matvec, top_eigenvalue
+from vrlang.estimators.bilevel import AUTO_DRAWS, LBFGS, hessian_matvec, inverse_step, top_eigenvalue
 
 _STEP_SALT, _FINAL_SALT, _AUTO_KEY = 0x5F2A, 0x5F2B, 0x5F2C
-AUTO_DRAWS = 4  # minibatch draws whose Hessians set lr = auto
 
 
 class HomeProblem(NamedTuple):
@@ -179,13 +178,7 @@ class Penalty(eqx.Module):
             return (top_eigenvalue(hessian_matvec(h, z), z), top_eigenvalue(hessian_matvec(ly, y), y))
 
         Lz, Ly = jax.vmap(top)(keys)
-        tiny = jnp.finfo(y.dtype).tiny
-
-        def step(L):
-            L = jnp.max(L)
-            return jax.lax.stop_gradient(jnp.where(jnp.isfinite(L) & (L > tiny), 1.0 / jnp.maximum(L, tiny), 1e-3))
-
-        return step(Lz), step(Ly)
+        return jax.lax.stop_gradient(inverse_step(jnp.max(Lz))), jax.lax.stop_gradient(inverse_step(jnp.max(Ly)))
 
     def lagrangian(self, home, unravel, y, z, s, key):
         """:math:`B(x, y) + \\sigma (h(x, y) - h(x, z))` at fixed ``y``, ``z`` (gradients reach x only);

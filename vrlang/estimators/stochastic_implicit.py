@@ -64,10 +64,9 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from vrlang.estimators.bilevel import Implicit, hessian_matvec, top_eigenvalue
+from vrlang.estimators.bilevel import AUTO_DRAWS, Implicit, inverse_step, sampled_top_eigenvalue
 
 _STEP_SALT, _NEUMANN_SALT, _CROSS_SALT, _AUTO_KEY = 0x5B10, 0x5B11, 0x5B12, 0x5B13
-AUTO_DRAWS = 4  # minibatch draws whose Hessians set lr = auto
 
 
 def _fold(key, *salts):
@@ -107,9 +106,7 @@ class StochasticImplicit(Implicit):
 
     def _auto_lr(self, h, y):
         keys = jax.random.split(jax.random.PRNGKey(_AUTO_KEY), AUTO_DRAWS)
-        L = jnp.max(jax.vmap(lambda k: top_eigenvalue(hessian_matvec(lambda v: h(v, k), y), y))(keys))
-        tiny = jnp.finfo(y.dtype).tiny
-        return jax.lax.stop_gradient(jnp.where(jnp.isfinite(L) & (L > tiny), 1.0 / jnp.maximum(L, tiny), 1e-3))
+        return jax.lax.stop_gradient(inverse_step(sampled_top_eigenvalue(h, y, keys)))
 
     def decide_sampled(self, op: str, fn, init, state, key):
         """One evaluation of ``op`` (argmin/argmax/min/max) with binder state.

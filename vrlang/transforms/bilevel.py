@@ -24,12 +24,11 @@ from dataclasses import replace
 
 from vrlang.check.program import BinderInfo
 from vrlang.errors import VrEstimatorError
-from vrlang.estimators.bilevel import CG, LBFGS, POWER_ITERS, Direct, GradientDescent, Implicit, Neumann, Unroll
+from vrlang.estimators.bilevel import (AUTO_DRAWS, CG, LBFGS, POWER_ITERS, Direct, GradientDescent, Implicit, Neumann,
+                                      Unroll)
 from vrlang.estimators.borep import BoRep
-from vrlang.estimators.inner_svrg import AUTO_DRAWS as SVRG_AUTO_DRAWS
 from vrlang.estimators.inner_svrg import DEFAULT_EPOCH, InnerSVRG
-from vrlang.estimators.penalty import AUTO_DRAWS, Penalty
-from vrlang.estimators.stochastic_implicit import AUTO_DRAWS as STO_AUTO_DRAWS
+from vrlang.estimators.penalty import Penalty
 from vrlang.estimators.stochastic_implicit import StochasticImplicit
 from vrlang.estimators.spec import Spec, check_args, number
 from vrlang.ir import homes
@@ -77,7 +76,7 @@ def inner_solver(spec: Spec, outer: Spec):
         batch = number(spec, "batch", 8, integer=True)
         epoch = number(spec, "epoch", DEFAULT_EPOCH, integer=True)
         lr = number(spec, "lr", Spec("auto", {}), allow_auto=True)
-        lr_text = (f"1/(2 L), L the largest top eigenvalue of the minibatch inner Hessian over {SVRG_AUTO_DRAWS} "
+        lr_text = (f"1/(2 L), L the largest top eigenvalue of the minibatch inner Hessian over {AUTO_DRAWS} "
                    "draws at the start (power iteration)" if lr == "auto" else f"{lr:g}")
         text = (f"SVRG (Johnson & Zhang 2013) on the inner sums: {steps} steps on minibatches of {batch} "
                 f"(uniform, with replacement, per sum of the body), a snapshot with its full gradient every "
@@ -186,7 +185,7 @@ def _stochastic_implicit(choice: EstimatorChoice, inner_binder: str) -> Estimato
                                "inner = lbfgs(steps = 100)")
     steps, lr, Q, alpha = o["steps"], o["lr"], o["iters"], o["alpha"]
     lr_text = ("1/L, L the largest top eigenvalue of the inner minibatch Hessian over "
-               f"{STO_AUTO_DRAWS} draws at the initial solution (power iteration, once)" if lr is None else f"{lr:g}")
+               f"{AUTO_DRAWS} draws at the initial solution (power iteration, once)" if lr is None else f"{lr:g}")
     a_text = "the inner step" if alpha is None else f"{alpha:g}"
     track = (f"the inner variable y is binder state (warm-started; one per block inside a sum over blocks): each "
              f"outer step takes {steps} minibatch gradient step(s) on it (lr = {lr_text}; a fresh minibatch of "
@@ -206,7 +205,7 @@ def _stochastic_implicit(choice: EstimatorChoice, inner_binder: str) -> Estimato
                 f"1 HVP ~ 2 gradients; run twice: once on a zero vector in the forward pass) + 1 minibatch "
                 f"mixed second derivative (d2_xy g_B0 v, ~2 gradients) + the gradient of f")
         if lr is None:
-            cost += f"; once: {STO_AUTO_DRAWS * POWER_ITERS} minibatch HVPs for lr = auto"
+            cost += f"; once: {AUTO_DRAWS * POWER_ITERS} minibatch HVPs for lr = auto"
     memory = "1 copy of v + 2 step sizes, per block inside a sum over blocks; no tape of the inner iterations"
     plan = StochasticImplicit(o["inner"], o["lin"], True, steps, lr, Q, alpha)
     return replace(choice, unbiased=False, cost=cost, memory=memory, note=note, plan=plan)
@@ -217,7 +216,7 @@ def _inner_cost(inner) -> str:
         return f"<= {inner.steps} L-BFGS steps (1 gradient each + line-search evaluations)"
     if isinstance(inner, InnerSVRG):
         snaps = -(-inner.steps // max(1, inner.epoch))
-        auto = "" if inner.lr is not None else f" + {SVRG_AUTO_DRAWS * POWER_ITERS} minibatch HVPs for lr = auto"
+        auto = "" if inner.lr is not None else f" + {AUTO_DRAWS * POWER_ITERS} minibatch HVPs for lr = auto"
         return (f"{2 * inner.steps} minibatch gradients (batch {inner.batch}) + {snaps} full gradients "
                 f"(snapshots){auto}")
     auto = "" if inner.lr is not None else f" + {POWER_ITERS} HVPs for lr = auto"
