@@ -30,13 +30,18 @@ estimate t by sgd(batch = 2)
 T, M, K, D = 6, 30, 20, 5
 
 
-@pytest.fixture(scope="module")
-def data():
+def multitask_data():
+    """T tasks of ridge regression, each with its own true weights (seed 0)."""
     rng = np.random.default_rng(0)
     W = rng.normal(size=(T, D))
     Xtr, Xva = rng.normal(size=(T, M, D)), rng.normal(size=(T, K, D))
     return {"Xtr": Xtr, "ytr": np.einsum("tmd,td->tm", Xtr, W) + 2 * rng.normal(size=(T, M)),
             "Xva": Xva, "yva": np.einsum("tmd,td->tm", Xva, W) + 2 * rng.normal(size=(T, K))}
+
+
+@pytest.fixture(scope="module")
+def data():
+    return multitask_data()
 
 
 def solutions(d, lam):

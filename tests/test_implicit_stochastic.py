@@ -18,16 +18,11 @@ import pytest
 import vrlang
 from vrlang.estimators import stochastic_implicit as SI
 
-N, M, D, Q, B = 50, 40, 5, 20, 10
-SCALE = np.array([1.0, 1.5, 0.7, 1.2, 0.5])
-HEADER = """
-data Xtr: real[n, d]
-data ytr: real[n]
-data Xva: real[m, d]
-data yva: real[m]
-param lam: real in positive = 1.0
-"""
-VALIDATION = "minimize mean(j in 0..m: (dot(Xva[j], w) - yva[j])^2) / 2\n"
+from test_bilevel import D, N, VALIDATION, data  # noqa: F401  (the ridge problem and its data)
+from test_bilevel import HEADER as DATA
+
+Q, B = 20, 10
+HEADER = DATA + "param lam: real in positive = 1.0\n"
 WEIGHTED = HEADER + """param u: real[n] = 0
 let w = argmin(v in real[d]: mean(i in 0..n: sigmoid(u[i]) * (dot(Xtr[i], v) - ytr[i])^2) / 2 + lam / 2 * sumsq(v))
 """ + VALIDATION + f"""estimate v by implicit(linsolve = neumann, iters = {Q}, steps = 0, inner = sgd(steps = 3000))
@@ -35,15 +30,6 @@ estimate i by sgd(batch = {B})
 """
 RIDGE = HEADER + """let w = argmin(v in real[d]: mean(i in 0..n: (dot(Xtr[i], v) - ytr[i])^2) / 2 + lam / 2 * sumsq(v))
 """ + VALIDATION
-
-
-@pytest.fixture(scope="module")
-def data():
-    rng = np.random.default_rng(3)
-    wt = rng.normal(size=D)
-    Xtr = rng.normal(size=(N, D)) * SCALE
-    Xva = rng.normal(size=(M, D)) * SCALE
-    return {"Xtr": Xtr, "ytr": Xtr @ wt + 3 * rng.normal(size=N), "Xva": Xva, "yva": Xva @ wt + 3 * rng.normal(size=M)}
 
 
 def inner_g(d, v, p):

@@ -18,28 +18,14 @@ import pytest
 import vrlang
 from vrlang.solvers import loop
 
-N, M, D = 50, 40, 5
-SCALE = np.array([1.0, 1.5, 0.7, 1.2, 0.5])
-HEADER = """
-data Xtr: real[n, d]
-data ytr: real[n]
-data Xva: real[m, d]
-data yva: real[m]
-"""
+from test_bilevel import D, HEADER, M, N, data  # noqa: F401  (the ridge problem and its data)
+from test_binder_state import SRC as MULTITASK, multitask_data
+
 RIDGE = HEADER + """const s: real = 100
 param lam: real in positive = 1.0
 let w = argmin(v in real[d]: mean(i in 0..n: (dot(Xtr[i], v) - ytr[i])^2) / 2 + lam / 2 * sumsq(v))
 minimize mean(j in 0..m: (dot(Xva[j], w) - yva[j])^2) / 2
 """
-
-
-@pytest.fixture(scope="module")
-def data():
-    rng = np.random.default_rng(3)
-    wt = rng.normal(size=D)
-    Xtr = rng.normal(size=(N, D)) * SCALE
-    Xva = rng.normal(size=(M, D)) * SCALE
-    return {"Xtr": Xtr, "ytr": Xtr @ wt + 3 * rng.normal(size=N), "Xva": Xva, "yva": Xva @ wt + 3 * rng.normal(size=M)}
 
 
 def _moments(d):
@@ -189,18 +175,7 @@ def test_borep_solve_reaches_the_bilevel_optimum(data):
     assert moved == [False, False, False, False, True], moved  # t = 0 (refined), 1, 2, 3, then 4 % 4 == 0
 
 
-MULTI = """
-data Xtr: real[T, m, d]
-data ytr: real[T, m]
-data Xva: real[T, k, d]
-data yva: real[T, k]
-param lam: real in positive = 1.0
-def val(A: real[k, d], b: real[k], w: real[d]) = mean((A @ w - b)^2) / 2
-minimize mean(t in 0..T: val(Xva[t], yva[t],
-                             argmin(v in real[d]: mean((Xtr[t] @ v - ytr[t])^2) / 2 + lam / 2 * sumsq(v))))
-estimate t by sgd(batch = 2)
-estimate v by penalty(sigma = 20, inner = sgd(steps = 500))
-"""
+MULTI = MULTITASK + "estimate v by penalty(sigma = 20, inner = sgd(steps = 500))\n"
 
 
 def test_multiblock_penalty_keeps_one_pair_per_block(data):
@@ -208,11 +183,7 @@ def test_multiblock_penalty_keeps_one_pair_per_block(data):
     task body), y and z are kept per task, and a step that samples 2 tasks moves only their rows.
     Program.grad = the mean over tasks of the closed-form per-task surrogate gradients."""
     T, m, k = 6, 30, 20
-    rng = np.random.default_rng(0)
-    W = rng.normal(size=(T, D))
-    Xtr, Xva = rng.normal(size=(T, m, D)), rng.normal(size=(T, k, D))
-    d = {"Xtr": Xtr, "ytr": np.einsum("tmd,td->tm", Xtr, W) + 2 * rng.normal(size=(T, m)),
-         "Xva": Xva, "yva": np.einsum("tmd,td->tm", Xva, W) + 2 * rng.normal(size=(T, k))}
+    d = multitask_data()
     prog = vrlang.compile(MULTI, x64=True)
     lam, s = 0.7, 20.0
     with jax.enable_x64(True):
