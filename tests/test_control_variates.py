@@ -18,7 +18,6 @@
 
 from __future__ import annotations
 
-import functools
 import itertools
 import math
 from pathlib import Path
@@ -34,21 +33,13 @@ from vrlang.backend.lower import binder_salt
 from vrlang.estimators.control_variate import optimal_coef
 from vrlang.estimators.expectation import loo_sum, optimal_baselines
 
+# the Bernoulli toy and the Gaussian, their exact expectations and helpers: as in test_expectations
+from test_expectations import GAUSS, GP, T0, TOY, _flat, _gauss_exact, _toy_exact, _x64
+
 ROOT = Path(__file__).resolve().parent.parent
 CHUNK = 1 << 15
 MAX_DRAWS = 1 << 22
 
-TOY = """
-param t: real = 0.3
-minimize E(b ~ Bernoulli(logits = t): (b - 0.45)^2)
-"""
-T0 = 0.3
-GAUSS = """
-param m: real = 0.5
-param s: real in positive = 0.8
-minimize E(z ~ Normal(m, s): z^2 + z)
-"""
-GP = {"m": 0.5, "s": 0.8}
 POLICY = ROOT / "examples" / "policy.vr"
 TARGET = [2, 0, 1, 2]
 THETA = np.random.default_rng(0).normal(size=(4, 3)) * 0.7
@@ -62,27 +53,6 @@ def reward(a):
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def _x64(fn):
-    @functools.wraps(fn)
-    def wrapped(*a, **k):
-        with jax.enable_x64(True):
-            return fn(*a, **k)
-    return wrapped
-
-
-def _flat(tree):
-    return jnp.concatenate([jnp.ravel(tree[k]) for k in sorted(tree)])
-
-
-def _toy_exact(p):
-    q = jax.nn.sigmoid(p["t"])
-    return (1 - q) * 0.45 ** 2 + q * 0.55 ** 2
-
-
-def _gauss_exact(p):
-    return p["m"] ** 2 + p["s"] ** 2 + p["m"]
 
 
 @_x64
