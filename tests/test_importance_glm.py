@@ -8,7 +8,7 @@
 * importance sampling visibly reduces the variance of the minibatch gradient on such data;
 * GLM detection on the IR (detected / not detected, with the regulariser and the reason);
 * SAGA's GLM table: shape (n,), same estimates as the generic SAGA for the same keys;
-* ``lr = auto`` for SAGA on a GLM is 1/(3 L_max) with L_max computed by hand;
+* ``lr = auto`` for SAGA/SVRG/L-SVRG on a GLM (the minibatch step): ``tests/test_lr_auto.py``;
 * refusals: weights depending on params, lipschitz on a non-GLM body, zero weights with mix = 0.
 """
 
@@ -213,33 +213,6 @@ def test_saga_glm_table_matches_generic_saga(reg, sampling):
         assert np.abs(a[1:] - b[1:]).max() > 1e-8
     else:
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
-
-
-# ------------------------------------------------------------------------ lr = auto
-
-
-def test_lr_auto_for_saga_on_a_glm_is_one_over_three_lmax():
-    data = DATA["logistic"]
-    prog = vrlang.compile(LOGISTIC, x64=True, estimators={"i": "saga(batch = 4)"}, solver="sgd(lr = auto, steps = 3)")
-    assert "1/(3 L_max)" in prog.explain()
-    r = prog.solve(data)
-    L_max = 0.25 * (data["X"] ** 2).sum(1).max() + LAM  # logistic: sup softplus'' = 1/4; y = +-1; + lam
-    assert r.info["lr"] == pytest.approx(1 / (3 * L_max), rel=1e-8)
-    assert "1/(3 L_max)" in r.info["lr_auto"] and "sup|phi''| = 0.25" in r.info["lr_auto"]
-    assert r.info["lr_auto_detail"]["L_reg"] == pytest.approx(LAM, rel=1e-8)
-    # least squares (m - y)^2 / 2 summed, with importance sampling: L_i = n ||x_i||^2, L_max = max_i L_i / (n p_i)
-    src = HEAD + "minimize sum(i in 0..n: (dot(X[i], w) - y[i])^2 / 2)\n"
-    data = DATA["lsq"]
-    prog = vrlang.compile(src, x64=True, estimators={"i": "svrg(batch = 4, sampling = weights(norm(X[i])))"})
-    from vrlang.backend.structured import glm_auto_lr
-    with jax.enable_x64(True):
-        _, fns, jdata, jconsts = prog._bind(data)
-        obj = prog._objective_module(fns, jdata, jconsts)
-        lr, note, detail = glm_auto_lr(prog, prog.solver, fns, obj, P0)
-    L = 40 * (data["X"] ** 2).sum(1)
-    p = np.asarray(obj.data[BOUND]["i"].probs)
-    assert lr == pytest.approx(1 / (3 * (L / (40 * p)).max()), rel=1e-8)
-    assert detail["importance_sampling"] and "max_i L_i/(n p_i)" in note
 
 
 def test_new_data_do_not_recompile():

@@ -5,7 +5,9 @@
   squares, and the test has the power to see a 1% bias;
 * the recursive estimators are flagged biased and one recursive step matches the formula
   computed by hand (minibatch gradients of least squares written out in numpy);
-* convergence of SVRG, SAGA and L-SVRG on the bundled breast-cancer logistic regression.
+* convergence of SVRG, SAGA and L-SVRG on the bundled breast-cancer logistic regression:
+  hand-picked steps at lam = 1e-2 and 1e-3 (40 epochs), and ``lr = auto`` (the minibatch
+  step, checked against the rule by hand) at lam = 1e-2 with lipschitz sampling.
 """
 
 from __future__ import annotations
@@ -312,10 +314,51 @@ def test_convergence_on_breast_cancer(spec, lr, fstar):
     sub = (r.history["objective"] - fstar[1e-2]) / abs(fstar[1e-2])
     assert r.epochs == 40 and sub[-1] <= 1e-6, sub[::5]
     # the bundled lam = 1e-3 (condition number ~3e3 at the start): still linear, but slower.  Measured
-    # (float64, 40 epochs, key 0): no estimator reaches 1e-6 with lr = auto (1/(3 L_max) = 0.0032;
-    # 0.040 with sampling = lipschitz), nor svrg with uniform sampling at any lr of {0.2, 0.5, 1, 2} and
-    # batch 1/4/16; only lipschitz sampling at lr = 1, on the edge of divergence (1.5 diverges, 0.7 ends at
-    # 1-3e-6), does (keys 0-4): lsvrg(batch = 4) in 30-35 epochs on 5/5 keys, svrg(batch = 4) on 3/5 (31-33)
+    # (float64, 40 epochs, key 0): no estimator reaches 1e-6 with lr = auto (the minibatch steps of
+    # test_lr_auto_convergence below need >= 262 epochs), nor svrg with uniform sampling at any lr of
+    # {0.2, 0.5, 1, 2} and batch 1/4/16; only lipschitz sampling at lr = 1, on the edge of divergence (1.5
+    # diverges, 0.7 ends at 1-3e-6), does: test_lipschitz_sampling_at_lam_1e3
     r = prog.solve()
     sub = (r.history["objective"] - fstar[1e-3]) / abs(fstar[1e-3])
     assert sub[-1] <= 2e-2 and sub[-1] < sub[20] < sub[1], sub[::5]
+
+
+def test_lipschitz_sampling_at_lam_1e3(fstar):
+    # lsvrg(batch = 4, sampling = lipschitz) at lr = 1 reaches 1e-6 at lam = 1e-3 in 32 epochs (key 0;
+    # 30-35 on keys 0-4)
+    prog = vrlang.compile(LOGREG, x64=True, estimators={"i": "lsvrg(batch = 4, sampling = lipschitz)"},
+                          solver="sgd(lr = 1, epochs = 40)")
+    r = prog.solve()
+    sub = (r.history["objective"] - fstar[1e-3]) / abs(fstar[1e-3])
+    assert sub[-1] <= 1e-6, sub[::5]
+
+
+# lr = auto: the minibatch step of each method's theory (vrlang.backend.structured; test_lr_auto.py).  On
+# breast cancer max_i L_i = 106 is 32x L = 3.3 (one row has ||x||^2 = 422), so with uniform sampling the
+# steps are small: epochs to 1e-6 at lam = 1e-2 (saga/svrg/lsvrg, key 0): batch 4: 298/420/445, batch 16:
+# 398/469/595, batch 64: 804/671/1206; batch 1 and 2: > 200.  Lipschitz sampling brings max_i L_i/(n p_i)
+# down to 8.3: batch 1: 47/35/34, batch 2: 49/38/45, batch 4: 52/47/70, batch 16: 150/95/223.  At
+# lam = 1e-3 none reaches 1e-6 in 200 epochs: lipschitz batch 1: 262/354/354, batch 4: 520/494/775;
+# uniform batch 4-64: > 1500.
+AUTO = [("svrg(batch = 1, sampling = lipschitz)", 40), ("lsvrg(batch = 1, sampling = lipschitz)", 40),
+        ("saga(batch = 1, sampling = lipschitz)", 50)]
+
+
+@pytest.mark.parametrize("spec,epochs", AUTO)
+def test_lr_auto_convergence(spec, epochs, fstar):
+    from test_lr_auto import RULE, _by_hand
+
+    prog = vrlang.compile(LOGREG, x64=True, estimators={"i": spec}, solver=f"sgd(lr = auto, epochs = {epochs})")
+    lam = 1e-2
+    r = prog.solve(consts={"lam": lam})
+    # the step is the rule by hand: L from numpy's eigenvalues, L_i from the row norms, p = 0.9 L_i/sum L + 0.1/n
+    X = np.load(ROOT / "examples" / "data" / "breast_cancer.npz")["X"]
+    n = len(X)
+    L_i = 0.25 * (X ** 2).sum(1) + lam
+    p = 0.9 * L_i / L_i.sum() + 0.1 / n
+    fam = spec.split("(")[0]
+    L = 0.25 * np.linalg.eigvalsh(X.T @ X / n)[-1] + lam
+    assert r.info["lr"] == pytest.approx(_by_hand(fam, 1, L_i, L, p, lam), rel=1e-5)  # p: quantised to 2^-30
+    assert r.info["lr_auto"].startswith(RULE[fam]) and r.info["lr_auto_detail"]["L"] == pytest.approx(L, rel=1e-9)
+    sub = (r.history["objective"] - fstar[lam]) / abs(fstar[lam])
+    assert r.epochs == epochs and sub[-1] <= 1e-6, sub[::5]

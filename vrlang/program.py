@@ -418,7 +418,7 @@ class Program:
             info = {"solver": str(cfg.spec), "estimators": {b: str(c.spec) for b, c in self.choices.items()}}
             lr = cfg.lr
             if lr == "auto" or lr is None:
-                glm_lr = structured.glm_auto_lr(self, cfg, fns, obj, p0)  # SAGA/SVRG on a GLM: 1/(3 L_max)
+                glm_lr = structured.glm_auto_lr(self, cfg, fns, obj, p0)  # SAGA/SVRG/L-SVRG on a GLM: the minibatch step
                 if glm_lr is not None:
                     lr, note, info["lr_auto_detail"] = glm_lr
                 else:

@@ -35,11 +35,52 @@ builds, per data shape:
   grows at ``|m| = 10^4`` (``exp``, ``m^4``) is reported unbounded and no Lipschitz
   constant is claimed.
 * ``lr = auto`` for ``sgd`` with ``saga``/``svrg``/``lsvrg`` on a GLM body
-  (:func:`glm_auto_lr`): :math:`1/(3 L_{max})`, the SAGA step of Defazio, Bach &
-  Lacoste-Julien (NeurIPS 2014, Theorem 1), with :math:`L_{max} = \max_j L_j` -- and with
-  importance sampling :math:`L_{max} = \max_j L_j / (n p_j)`, the smoothness of the
-  reweighted per-item functions :math:`h_j / (n p_j)` that the sampler averages (for
-  uniform :math:`p_j = 1/n` the two agree).
+  (:func:`glm_auto_lr`): the step of each method's theory for minibatches, through the
+  **expected smoothness** :math:`\mathcal L(b)` of the minibatch gradient (Gower et al.,
+  "SGD: general analysis and improved rates", ICML 2019; Gazagnadou, Gower & Salmon,
+  "Optimal mini-batch and step sizes for SAGA", ICML 2019).  vrlang draws the ``b``
+  indices i.i.d. (uniformly, or from ``p`` under importance sampling) *with replacement*,
+  so the minibatch gradient is :math:`g = \frac1b \sum_k \nabla h_{j_k} / (n p_{j_k})`
+  and, with :math:`d_j = \nabla h_j(x) - \nabla h_j(y)` and, for convex :math:`h_j`,
+  :math:`\|d_j\|^2 \le 2 L_j D_{h_j}(x, y)` (Bregman divergences),
+
+  .. math::  E\|g(x) - g(y)\|^2 = \tfrac1b E\big\|\tfrac{d_j}{n p_j}\big\|^2 + (1 - \tfrac1b)\|\bar d\|^2
+             \le 2\Big[\underbrace{(1 - \tfrac1b) L + \tfrac1b L_{max}}_{\mathcal L(b)}\Big] D_f(x, y),
+             \qquad L_{max} = \max_j \frac{L_j}{n p_j},
+
+  and the expected residual (the variance part) is :math:`\rho(b) = L_{max}/b`.  Here
+  :math:`L` is the smoothness of the whole mean :math:`f`,
+
+  .. math::  L = \lambda_{max}\Big(\frac{|c|}{n} \sum_j \sup|\phi_j''|\, x_j x_j^\top\Big) + L_\rho,
+
+  (:func:`whole_smoothness`: the ``D x D`` matrix and its exact eigenvalues for up to 64
+  params, else power iteration with Hessian-vector products of
+  :math:`\frac{|c|}{2n}\sum_j \sup|\phi_j''|\, m_j(v)^2`, ``O(n D)`` each; never ``n x n``);
+  :math:`\mathcal L(1) = L_{max}` and :math:`\mathcal L(b) \to L` as :math:`b` grows.
+  (For ``b``-nice sampling *without* replacement the papers have
+  :math:`\frac{n(b-1)}{b(n-1)} L + \frac{n-b}{b(n-1)} L_{max}`, which is smaller by
+  :math:`\frac{(b-1)(L_{max} - L)}{b(n-1)}`, and a smaller residual: the constants here are
+  those of the sampler vrlang has, and give steps never larger than the ``b``-nice ones.)  The steps:
+
+  - ``saga``: :math:`1 / (4 \max\{\mathcal L(b),\ \rho(b) + \mu / (4 \pi_{min})\})`,
+    Gazagnadou et al. 2019 (from the JacSketch analysis of Gower, Richtárik & Bach 2018),
+    whose ``b``-nice form has :math:`\pi_{min} = b/n`; here :math:`\pi_{min} = \min_i
+    1 - (1 - p_i)^b`, the smallest probability that an item is in the minibatch, and
+    :math:`\mu` the smallest curvature of the regulariser (its Hessian at the initial point), a lower bound
+    of the strong convexity for a loss convex in the margin -- any lower bound is a valid
+    constant for the theorem;
+  - ``svrg``: :math:`1 / (2 (\mathcal L(b) + 2 \rho(b)))`, Free-SVRG of Sebbouh,
+    Gazagnadou, Jelassi, Bach & Gower ("Towards closing the gap between the theory and
+    practice of SVRG", NeurIPS 2019): the inner loop is not reset at a snapshot, as in
+    vrlang's ``svrg`` (whose snapshot is the last iterate, the theorem's a weighted
+    average of the inner iterates);
+  - ``lsvrg``: :math:`1 / (6 \mathcal L(b))`, Kovalev, Horváth & Richtárik (ALT 2020,
+    :math:`1/(6 L_{max})` for one item) with the expected smoothness of the minibatch
+    (Qian, Qu & Richtárik, "L-SVRG and L-Katyusha with arbitrary sampling", 2019).
+
+  At ``b = 1`` the three are :math:`1/(4 L_{max} + \mu/\pi_{min})`, :math:`1/(6 L_{max})`
+  and :math:`1/(6 L_{max})`.  They are worst-case steps: on badly scaled data
+  (:math:`L_{max} \gg L`) they are much smaller than a tuned step.
 """
 
 from __future__ import annotations
@@ -48,6 +89,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 
@@ -57,12 +99,13 @@ from vrlang.errors import VrDataError, VrEstimatorError
 from vrlang.estimators.sampling import BOUND, FixedIndexSampler, ImportanceSampler, is_importance
 from vrlang.ir import nodes as N
 
-VR_FAMILIES = ("saga", "svrg", "lsvrg")  # lr = auto uses the SAGA/SVRG step for these
+VR_FAMILIES = ("saga", "svrg", "lsvrg")  # lr = auto uses each one's minibatch step (RULES)
 GRID = np.unique(np.concatenate([np.linspace(-10.0, 10.0, 201), np.logspace(1.0, 4.0, 13)[1:],
                                  -np.logspace(1.0, 4.0, 13)[1:]]))
 REFINE_POINTS = 129  # the fine grid between the neighbours of the best grid point
 ITEM_CHUNK = 4096
 POWER_STEPS = 50
+DENSE_MAX = 64  # whole_smoothness: exact eigenvalues of the D x D Hessians up to D = 64 params
 SUP_TEXT = ("sup|phi''| found numerically: the second derivative of the loss in the margin on a grid of margins "
             "in [-1e4, 1e4] (dense on [-10, 10]), refined on a fine grid around the best point")
 
@@ -160,18 +203,24 @@ def _sup_curvature(curv: Callable, grid):
 
 def _power(f: Callable, x0):
     """Largest |eigenvalue| of the Hessian of ``f`` at ``x0`` (power iteration, fixed random start)."""
+    return _power_op(lambda v: jax.jvp(jax.grad(f), (x0,), (v,))[1], x0)
+
+
+def _norm(t):
+    return jnp.sqrt(sum(jnp.sum(x * x) for x in jax.tree_util.tree_leaves(t)))
+
+
+def _power_op(matvec: Callable, x0):
+    """Largest |eigenvalue| of the symmetric linear map ``matvec`` on pytrees shaped like ``x0``."""
     leaves, tdef = jax.tree_util.tree_flatten(x0)
     keys = jax.random.split(jax.random.PRNGKey(20261126), max(len(leaves), 1))
     v = jax.tree_util.tree_unflatten(tdef, [jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves)])
 
-    def norm(t):
-        return jnp.sqrt(sum(jnp.sum(x * x) for x in jax.tree_util.tree_leaves(t)))
-
     def body(_, carry):
         v, _ = carry
-        v = jax.tree_util.tree_map(lambda x: x / jnp.maximum(norm(v), 1e-30), v)
-        hv = jax.jvp(jax.grad(f), (x0,), (v,))[1]
-        return hv, norm(hv)
+        v = jax.tree_util.tree_map(lambda x: x / jnp.maximum(_norm(v), 1e-30), v)
+        hv = matvec(v)
+        return hv, _norm(hv)
 
     _, lam = jax.lax.fori_loop(0, POWER_STEPS, body, (v, jnp.zeros((), jnp.result_type(float))))
     return lam
@@ -223,6 +272,65 @@ def item_smoothness(fns_structured: dict, b: str, params, data, consts) -> dict:
     data = {k: v for k, v in data.items() if k != BOUND}  # one compiled version, bound samplers or not
     out = _smoothness_jit(fns_structured, b)(p, data, consts)
     return {k: np.asarray(v) for k, v in jax.device_get(out).items()}
+
+
+def whole_smoothness(gf: GLMFunctions, params, data, consts, phi2, L_reg) -> dict:
+    r"""The smoothness of the whole mean and a strong-convexity lower bound (traceable; see the module doc).
+
+    ``L_loss`` = :math:`\lambda_{max}(\frac{|c|}{n} \sum_j \sup|\phi_j''|\, x_j x_j^\top)` (``phi2`` the
+    sups): the Hessian of the quadratic :math:`\frac{|c|}{2n} \sum_j \sup|\phi_j''|\, m_j(\theta)^2` (the
+    margins are linear); ``mu_reg`` = the smallest eigenvalue of the regulariser's Hessian at ``params``,
+    clipped at 0.  Up to ``DENSE_MAX`` params both Hessians are formed (``D`` Hessian-vector products,
+    ``O(n D^2)``) and their eigenvalues are exact; beyond, power iteration (``O(n D)`` per step) on the
+    first, and on ``L_reg I - Hessian`` for the second (``L_reg`` its largest |eigenvalue|).
+    """
+    fdt = jnp.result_type(float)
+    a = jax.grad(gf.outer, argnums=1)(params, jnp.zeros((), fdt), data, consts)
+    c = jnp.abs(a) * gf.scale
+    idx = jnp.arange(gf.n, dtype=jnp.int32)
+
+    def quad(p):
+        def one(j, s):
+            m = _as_float(gf.margin(p, data, consts, j))
+            return s * m * m
+
+        if gf.n <= ITEM_CHUNK:
+            terms = jax.vmap(one)(idx, phi2)
+        else:  # bounded memory: ITEM_CHUNK rows at a time
+            terms = jax.lax.map(lambda t: one(*t), (idx, phi2), batch_size=ITEM_CHUNK)
+        return 0.5 * c * jnp.sum(terms) / gf.n
+
+    def reg(p):
+        return gf.frozen(p, jnp.zeros((), fdt), data, consts, jnp.zeros((), jnp.int32))
+
+    flat, unravel = jax.flatten_util.ravel_pytree(params)
+    if flat.shape[0] <= DENSE_MAX:  # small: the two D x D Hessians, exact eigenvalues
+        L_loss = jnp.max(jnp.abs(jnp.linalg.eigvalsh(jax.hessian(lambda x: quad(unravel(x)))(flat))))
+        mu = jnp.maximum(jnp.linalg.eigvalsh(jax.hessian(lambda x: reg(unravel(x)))(flat))[0], 0.0)
+    else:
+        L_loss = _power(quad, params)
+
+        def shifted(v):
+            hv = jax.jvp(jax.grad(reg), (params,), (v,))[1]
+            return jax.tree_util.tree_map(lambda x, y: L_reg * x - y, v, hv)
+
+        mu = jnp.maximum(L_reg - _power_op(shifted, params), 0.0)
+    return {"L_loss": L_loss, "mu_reg": mu}
+
+
+def glm_constants(fns_structured: dict, b: str, params, data, consts) -> dict:
+    """:func:`smoothness` and :func:`whole_smoothness` for binder ``b`` on the host (numpy), jitted once."""
+    sm = item_smoothness(fns_structured, b, params, data, consts)
+    cache = fns_structured["cache"]
+    key = ("whole", b)
+    if key not in cache:
+        gf = fns_structured["glm"][b]
+        cache[key] = jax.jit(lambda p, d, c, phi2, L_reg: whole_smoothness(gf, p, d, c, phi2, L_reg))
+    fdt = jnp.result_type(float)
+    p = {k: jnp.asarray(v, fdt) for k, v in params.items()}
+    data = {k: v for k, v in data.items() if k != BOUND}
+    out = cache[key](p, data, consts, jnp.asarray(sm["phi2"], fdt), jnp.asarray(sm["L_reg"], fdt))
+    return {**sm, **{k: np.asarray(v) for k, v in jax.device_get(out).items()}}
 
 
 # ------------------------------------------------------------------ sampling at data time
@@ -299,37 +407,84 @@ def auto_lr_applies(program, cfg) -> str | None:
     return b
 
 
+RULES = {"saga": "1/(4 max(L(b), rho(b) + mu/(4 pi_min)))", "svrg": "1/(2 (L(b) + 2 rho(b)))",
+         "lsvrg": "1/(6 L(b))"}
+CITES = {"saga": "the minibatch SAGA step of Gazagnadou, Gower & Salmon 2019",
+         "svrg": "the minibatch Free-SVRG step of Sebbouh et al. 2019",
+         "lsvrg": "the L-SVRG step of Kovalev et al. 2020 with the minibatch's expected smoothness (Qian et al. 2019)"}
+
+
+def expected_smoothness(L: float, L_max: float, b: int) -> float:
+    r""":math:`\mathcal L(b) = (1 - 1/b) L + L_{max}/b`: ``b`` items i.i.d. with replacement (see the module doc)."""
+    return (1.0 - 1.0 / b) * L + L_max / b
+
+
+def minibatch_step(family: str, L: float, L_max: float, b: int, mu: float = 0.0, pi_min: float = 1.0) -> dict:
+    """The ``lr = auto`` step of ``family`` (saga/svrg/lsvrg) from the constants (see the module doc).
+
+    ``L`` the smoothness of the whole mean, ``L_max`` = max_j L_j/(n p_j), ``b`` the batch,
+    ``mu`` a strong-convexity lower bound and ``pi_min`` = min_i P(item i in the minibatch)
+    (both used by saga only).  Returns ``lr``, ``L_b`` = L(b) and ``rho_b`` = rho(b) = L_max/b.
+    """
+    Lb = expected_smoothness(L, L_max, b)
+    rho = L_max / b
+    if family == "saga":
+        lr = 1.0 / (4.0 * max(Lb, rho + mu / (4.0 * pi_min)))
+    elif family == "svrg":
+        lr = 1.0 / (2.0 * (Lb + 2.0 * rho))
+    elif family == "lsvrg":
+        lr = 1.0 / (6.0 * Lb)
+    else:
+        raise ValueError(f"no minibatch step rule for {family}")
+    return {"lr": lr, "L_b": Lb, "rho_b": rho}
+
+
 def glm_auto_lr(program, cfg, fns: dict, obj, params0) -> tuple[float, str, dict] | None:
-    """``(lr, note, detail)`` of the SAGA/SVRG step on a GLM body, or None when it does not apply."""
+    """``(lr, note, detail)`` of the SAGA/SVRG/L-SVRG minibatch step on a GLM body, or None when it does not apply."""
     b = auto_lr_applies(program, cfg)
     st = fns.get("structured")
     if b is None or st is None or b not in st["glm"]:
         return None
-    sm = item_smoothness(st, b, params0, obj.data, obj.consts)
+    sm = glm_constants(st, b, params0, obj.data, obj.consts)
     if bool(sm["unbounded"]):
         return None
     gf = st["glm"][b]
+    n = gf.n
     L_items = sm["L"] + sm["L_reg"]
     sampler = obj.data.get(BOUND, {}).get(b) if isinstance(obj.data, dict) else None
-    fam = program.choices[b].spec.name
+    choice = program.choices[b]
+    fam = choice.family
+    bs = int(choice.sampler.batch)
     if sampler is not None:
-        q = L_items / (gf.n * np.asarray(sampler.probs))
-        L = float(q.max())
-        which = (f"L_max = max_i L_i/(n p_i) = {L:.4g} (importance sampling: the smoothness of the reweighted "
+        probs = np.asarray(sampler.probs, np.float64)
+        L_max = float((L_items / (n * probs)).max())
+        which = (f"L_max = max_i L_i/(n p_i) = {L_max:.4g} (importance sampling: the smoothness of the reweighted "
                  f"per-item functions; max_i L_i = {float(L_items.max()):.4g})")
     else:
-        L = float(L_items.max())
-        which = f"L_max = max_i L_i = {L:.4g}"
-    if not np.isfinite(L) or L <= 0:
+        probs = np.full(n, 1.0 / n)
+        L_max = float(L_items.max())
+        which = f"L_max = max_i L_i = {L_max:.4g}"
+    L = float(sm["L_loss"] + sm["L_reg"])
+    mu = float(sm["mu_reg"])
+    pi_min = float(-np.expm1(bs * np.log1p(-probs.min())))  # 1 - (1 - p_min)^b
+    if not (np.isfinite(L_max) and np.isfinite(L)) or L_max <= 0 or L <= 0:
         return None
-    lr = 1.0 / (3.0 * L)
-    note = (f"1/(3 L_max) = {lr:.4g}, the SAGA step of Defazio, Bach & Lacoste-Julien 2014 (used for {fam}), with "
-            f"{which}; `{b}` is a generalised linear model in the margin {render(gf.glm.margin)}: "
-            f"L_i = |c| sup|phi''| ||x_i||^2 + L_reg with |c| = {float(sm['c']):.4g}, sup|phi''| = "
-            f"{float(sm['phi2'].max()):.4g} ({SUP_TEXT}), max_i ||x_i||^2 = {float(sm['sqnorm'].max()):.4g}, "
-            f"L_reg = {float(sm['L_reg']):.4g} (curvature of the terms independent of `{b}`, power iteration at the "
-            "initial point)")
-    detail = {"rule": "1/(3 L_max)", "binder": b, "L_max": L, "L_items_max": float(L_items.max()),
+    step = minibatch_step(fam, L, L_max, bs, mu, pi_min)
+    lr = step["lr"]
+    mu_txt = (f", mu = {mu:.4g} (smallest curvature of the terms independent of `{b}`), pi_min = {pi_min:.4g} "
+              f"(smallest probability that an item is in the minibatch)") if fam == "saga" else ""
+    note = (f"{RULES[fam]} = {lr:.4g}, {CITES[fam]}, with the expected smoothness of b = {bs} items drawn with "
+            f"replacement L(b) = (1 - 1/b) L + L_max/b = {step['L_b']:.4g} and rho(b) = L_max/b = "
+            f"{step['rho_b']:.4g}{mu_txt}; L = {L:.4g} (smoothness of the whole mean: lambda_max(|c|/n sum_i "
+            f"sup|phi''| x_i x_i^T), exact up to {DENSE_MAX} params, else power iteration; + L_reg), {which}; "
+            f"`{b}` is a generalised linear model in the margin {render(gf.glm.margin)}: "
+            f"L_i = |c| sup|phi''| ||x_i||^2 + L_reg with |c| = {float(sm['c']):.4g}, "
+            f"sup|phi''| = {float(sm['phi2'].max()):.4g} ({SUP_TEXT}), "
+            f"max_i ||x_i||^2 = {float(sm['sqnorm'].max()):.4g}, L_reg = {float(sm['L_reg']):.4g} "
+            f"(curvature of the terms independent of `{b}`, power iteration at the initial point)")
+    detail = {"rule": RULES[fam], "family": fam, "binder": b, "batch": bs, "L": L, "L_max": L_max,
+              "L_b": step["L_b"], "rho_b": step["rho_b"], "mu": mu, "pi_min": pi_min,
+              "L_loss": float(sm["L_loss"]), "L_items_max": float(L_items.max()),
               "L_reg": float(sm["L_reg"]), "phi2_max": float(sm["phi2"].max()), "c": float(sm["c"]),
               "sqnorm_max": float(sm["sqnorm"].max()), "importance_sampling": sampler is not None}
     return lr, note, detail
@@ -344,6 +499,9 @@ def explain_lr(program) -> str | None:
     if b is None:
         return None
     c = program.choices[b]
-    return (f"1/(3 L_max) (SAGA/SVRG theory, Defazio et al. 2014), L_max from the per-item Lipschitz constants of the "
-            f"GLM `{b}`: L_i = |c| sup|phi''| ||x_i||^2 + L_reg, {SUP_TEXT}"
-            + ("; with importance sampling L_max = max_i L_i/(n p_i)" if is_importance(c.sampler) else ""))
+    return (f"{RULES[c.family]} ({CITES[c.family]}), b = {c.sampler.batch}, L(b) = (1 - 1/b) L + L_max/b the expected "
+            f"smoothness of the minibatch (drawn with replacement), rho(b) = L_max/b; L = smoothness of the whole "
+            f"mean, L_max = max_i L_i"
+            + ("/(n p_i) (importance sampling)" if is_importance(c.sampler) else "")
+            + f" from the per-item Lipschitz constants of the GLM `{b}`: L_i = |c| sup|phi''| ||x_i||^2 + L_reg, "
+            f"{SUP_TEXT}")

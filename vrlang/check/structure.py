@@ -26,7 +26,8 @@ Lacoste-Julien, NeurIPS 2014):
   (:class:`vrlang.estimators.finite_sum.SAGAGLMGradient`);
 * the per-item smoothness constants are known from the data:
   :math:`L_i = |c|\,\sup_m |\phi_i''(m)|\,\|x_i\|^2 + L_\rho`, hence ``sampling =
-  lipschitz`` (:math:`p_i \propto L_i`) and ``lr = auto`` = :math:`1/(3 L_{max})`;
+  lipschitz`` (:math:`p_i \propto L_i`) and ``lr = auto`` (the minibatch steps of
+  :mod:`vrlang.backend.structured`);
 * the detector also proves the *absence* of structure, with a reason that the compiler
   shows (``dot(X[i], w)^2 * sumsq(w)`` is not a GLM: an item term multiplies a term in
   the params).
