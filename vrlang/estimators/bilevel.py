@@ -21,8 +21,9 @@ Inner solvers (``minimize(fn, x0) -> x``; never differentiated):
   initial point, from a power iteration of Hessian-vector products.  (The DSL calls it
   ``sgd``: with an exact inner objective it is plain gradient descent.)
 * :class:`LBFGS` -- ``optax.lbfgs`` with its zoom line search, in a ``lax.while_loop``.
-* :class:`vrlang.estimators.inner_svrg.InnerSVRG` -- SVRG on minibatches of the inner sums
-  (the objective then also takes a draw number, ``fn(v, t)``: see that module).
+* :class:`vrlang.estimators.inner_finite_sum.InnerSVRG`, ``InnerLSVRG``, ``InnerSAGA`` -- SVRG,
+  loopless SVRG and SAGA on minibatches of the inner sums (the objective then also takes a draw
+  number, ``fn(v, t)``, and carries a key and a fixed-index form: see that module).
 
 Linear solvers for :math:`H u = b`, :math:`H = \nabla^2_{vv} g` given only as a matvec
 (Hessian-vector products, :math:`H` is never formed except by :class:`Direct`).  Each is
@@ -331,7 +332,8 @@ def _flat(fn, init, maximize: bool):
     """The inner objective on a flat vector, negated for argmax/max, and the initial point.
 
     Extra arguments are passed through (an inner solver that draws minibatches, e.g.
-    :class:`vrlang.estimators.inner_svrg.InnerSVRG`, calls ``h(x, draw)``)."""
+    :class:`vrlang.estimators.inner_finite_sum.InnerSVRG`, calls ``h(x, draw)``), and so are the
+    attributes of a minibatch inner objective (``key``, ``items``, ``at``: see that module)."""
     x0, unravel = ravel_pytree(init)
     x0 = jax.lax.stop_gradient(x0)  # the solution map does not depend on the starting point
     sign = -1.0 if maximize else 1.0
@@ -339,6 +341,9 @@ def _flat(fn, init, maximize: bool):
     def h(x, *args):
         return sign * fn(unravel(x), *args)
 
+    at = getattr(fn, "at", None)
+    h.key, h.items = getattr(fn, "key", None), getattr(fn, "items", None)
+    h.at = None if at is None else (lambda x, idx: sign * at(unravel(x), idx))
     return h, x0, unravel
 
 
