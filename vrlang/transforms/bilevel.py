@@ -12,7 +12,8 @@ epoch = m)``, ``lsvrg(steps = k, batch = b, lr = c | auto, p = q)`` and ``saga(s
 lr = c | auto)`` (variance-reduced solvers on minibatches of the inner sums,
 :mod:`vrlang.estimators.inner_finite_sum`).
 
-The inner problem is deterministic except with ``penalty`` and, for minibatched sums, with
+The inner problem is deterministic except with ``penalty`` and, for minibatched sums, with ``borep`` (SGD
+lower updates, minibatch HVPs: :class:`vrlang.estimators.borep.StochasticBoRep`) and
 ``implicit(linsolve = neumann)``, whose choice is then replaced by stocBiO (minibatch inner steps on the
 tracked y, ``steps = k, lr = c | auto``; stochastic Neumann series with independent minibatch HVPs:
 :mod:`vrlang.estimators.stochastic_implicit`): any other sampled estimator (a minibatched sum, a sampled
@@ -28,7 +29,7 @@ from vrlang.check.program import BinderInfo
 from vrlang.errors import VrEstimatorError
 from vrlang.estimators.bilevel import (AUTO_DRAWS, CG, LBFGS, POWER_ITERS, Direct, GradientDescent, Implicit, Neumann,
                                       Unroll)
-from vrlang.estimators.borep import BoRep
+from vrlang.estimators.borep import BoRep, StochasticBoRep
 from vrlang.estimators.inner_finite_sum import DEFAULT_EPOCH, DEFAULT_P, InnerLSVRG, InnerSAGA, InnerSVRG
 from vrlang.estimators.penalty import Penalty
 from vrlang.estimators.stochastic_implicit import StochasticImplicit
@@ -248,6 +249,28 @@ def _stochastic_implicit(choice: EstimatorChoice, inner_binder: str) -> Estimato
 _NAMES = {InnerSVRG: "SVRG", InnerLSVRG: "L-SVRG", InnerSAGA: "SAGA"}
 
 
+def _stochastic_borep(choice: EstimatorChoice, inner_binder: str) -> EstimatorChoice:
+    """The choice of a ``borep`` binder whose inner problem has the minibatched sum ``inner_binder``:
+    SGD lower updates and stocBiO's estimate at the tracked y (:class:`vrlang.estimators.borep.StochasticBoRep`)."""
+    p = choice.plan
+    exact = ("differences from the paper: exact lower-level gradients and Hessian-vector products (the sums inside "
+             "the argmin are full; minibatch one for stochastic updates and HVPs), the refinement is the inner solver")
+    stoch = (f"the lower level is the minibatched sum `{inner_binder}`: each update is {p.steps} SGD steps (a fresh "
+             f"minibatch of `{inner_binder}` each) and the Neumann series takes independent minibatch HVPs with a "
+             f"minibatch cross term (stocBiO's summed series: unbiased for the {p.iters}-term truncated "
+             f"hypergradient given y); differences from the paper: the refinement is the inner solver (exact sums)")
+    note = choice.note.replace(exact, stoch)  # the note of BoRepDecision.apply
+    note = note.replace(f"by {p.steps} gradient steps", f"by {p.steps} SGD steps").replace(
+        "1/L (power iteration at the refined start)",
+        f"1/L, L the largest top eigenvalue of the minibatch Hessian over {AUTO_DRAWS} draws at the refined start")
+    cost = (f"per outer step: {p.iters - 1} minibatch HVPs (Neumann, run twice: once on a zero vector in the forward "
+            f"pass) + 1 minibatch mixed second derivative + the gradient of f; every {p.period}th step also "
+            f"{p.steps} minibatch gradients of g; once: the refinement"
+            + (f" + {AUTO_DRAWS * POWER_ITERS} minibatch HVPs for lr = auto" if p.lr is None else ""))
+    plan = StochasticBoRep(p.inner, p.period, p.steps, p.lr, p.iters, p.alpha)
+    return replace(choice, cost=cost, note=note, plan=plan)
+
+
 def _inner_cost(inner) -> str:
     if isinstance(inner, LBFGS):
         return f"<= {inner.steps} L-BFGS steps (1 gradient each + line-search evaluations)"
@@ -360,7 +383,8 @@ class BoRepDecision(Transform):
                 f"{'the lower step' if alpha is None else f'{alpha:g}'}): biased by the stale, inexact y and the "
                 f"truncation ((1 - alpha mu)^{iters} relative); the upper variable moves by normalised momentum: "
                 f"solve by normalized(lr, beta); differences from the paper: exact lower-level gradients and "
-                f"Hessian-vector products (no minibatched sums inside the argmin), the refinement is the inner "
+                f"Hessian-vector products (the sums inside the argmin are full; minibatch one for stochastic "
+                f"updates and HVPs), the refinement is the inner "
                 f"solver; exact evaluations solve the inner problem from `= init`")
         cost = (f"per outer step: {iters - 1} HVPs (Neumann) + gradients of f and g at y; every {period}th step "
                 f"also {steps} gradients of g (amortised {steps / period:g} per step); once: the refinement"
@@ -373,8 +397,9 @@ class BoRepDecision(Transform):
 def refuse_stochastic_inner(cp, choices: dict) -> None:
     """E391 for a sampled estimator (minibatched sum, sampled expectation) inside a decision binder's body,
     unless the binder is estimated by ``penalty`` (first order: sampled inner sums are unbiased there) or
-    the sampled estimator is a minibatched sum and the binder is estimated by ``implicit(linsolve = neumann)``:
-    that binder's choice is then replaced in ``choices`` by stocBiO (:func:`_stochastic_implicit`).  E302 for
+    the sampled estimator is a minibatched sum and the binder is estimated by ``implicit(linsolve = neumann)``
+    or ``borep``: that binder's choice is then replaced in ``choices`` by stocBiO (:func:`_stochastic_implicit`)
+    or stochastic BO-REP (:func:`_stochastic_borep`).  E302 for
     ``steps``/``lr`` of ``implicit`` without a minibatched inner sum (they apply only there)."""
     from vrlang.estimators.expectation import EnumEstimate
 
@@ -399,6 +424,9 @@ def refuse_stochastic_inner(cp, choices: dict) -> None:
                 if implicit and c.kind == "index" and choice.options["stochastic"]["linsolve"] == "neumann":
                     stochastic.setdefault(node.binder, inner.binder)
                     continue
+                if isinstance(getattr(choice, "plan", None), BoRep) and c.kind == "index":
+                    stochastic.setdefault(node.binder, inner.binder)  # SGD lower updates, minibatch HVPs
+                    continue
                 what = "minibatched sum" if c.kind == "index" else "sampled expectation"
                 span = c.spec.span or inner.span
                 fix = (f"estimate {node.binder} by implicit(linsolve = neumann, iters = 50) (stocBiO: minibatch "
@@ -407,7 +435,8 @@ def refuse_stochastic_inner(cp, choices: dict) -> None:
                        if c.kind == "index" else
                        f"estimate {inner.binder} by enum if its support is finite, or move the expectation out of "
                        f"the {node.op}, or estimate {node.binder} by penalty")
-                avail = ("`penalty` and `implicit(linsolve = neumann)`" if c.kind == "index" else "`penalty`")
+                avail = ("`penalty`, `borep` and `implicit(linsolve = neumann)`" if c.kind == "index" else
+                         "`penalty`")
                 raise VrEstimatorError("E391", f"the {what} `{inner.binder}` ({c.spec}) is inside the inner problem "
                                        f"of {node.op}(`{node.binder}` ...): stochastic inner problems of this kind "
                                        f"are available with {avail} only in this version", span, fix)
@@ -420,7 +449,8 @@ def refuse_stochastic_inner(cp, choices: dict) -> None:
                                            c.spec.arg_spans.get(arg) or c.spec.span,
                                            "the exact inner solve is set by `inner = sgd(steps = k)` or lbfgs")
     for b, inner_binder in stochastic.items():
-        choices[b] = _stochastic_implicit(choices[b], inner_binder)
+        stoch = _stochastic_borep if isinstance(choices[b].plan, BoRep) else _stochastic_implicit
+        choices[b] = stoch(choices[b], inner_binder)
 
 
 _STATEFUL_ONLY = (Penalty, BoRep, StochasticImplicit)
