@@ -85,7 +85,6 @@ def test_explain_describes_the_inner_svrg():
 
 
 @pytest.mark.parametrize("estimator, estimators, code, words", [
-    ("implicit(inner = adam(steps = 10))", {}, "E391", "inner solver `adam` is not available yet"),
     ("penalty(inner = svrg(steps = 10))", {}, "E391", "available with `implicit` only"),
     ("borep(inner = svrg(steps = 10))", {}, "E391", "available with `implicit` only"),
     ("implicit(inner = svrg(steps = 10, memory = 3))", {}, "E301", "memory"),

@@ -6,8 +6,8 @@
 :mod:`vrlang.estimators.penalty`) and ``borep(period = I, steps = N, lr = c | auto, iters = Q,
 alpha = a, inner = SOLVER)`` (BO-REP, :mod:`vrlang.estimators.borep`; with the outer solver
 ``normalized``).  Inner solvers: ``sgd(lr = c | auto, steps = k, tol = t)`` (gradient descent with
-a fixed step: the inner objective is evaluated exactly) and ``lbfgs(steps = k, memory = m, tol = t)``
-(the default, ``steps = 100``); with ``implicit`` only, ``svrg(steps = k, batch = b, lr = c | auto,
+a fixed step: the inner objective is evaluated exactly), ``adam(lr = c, steps = k, tol = t)`` (constant
+step, defaults 0.01 and 1000) and ``lbfgs(steps = k, memory = m, tol = t)`` (the default, ``steps = 100``); with ``implicit`` only, ``svrg(steps = k, batch = b, lr = c | auto,
 epoch = m)``, ``lsvrg(steps = k, batch = b, lr = c | auto, p = q)`` and ``saga(steps = k, batch = b,
 lr = c | auto)`` (variance-reduced solvers on minibatches of the inner sums,
 :mod:`vrlang.estimators.inner_finite_sum`).
@@ -27,8 +27,8 @@ from dataclasses import replace
 
 from vrlang.check.program import BinderInfo
 from vrlang.errors import VrEstimatorError
-from vrlang.estimators.bilevel import (AUTO_DRAWS, CG, LBFGS, POWER_ITERS, Direct, GradientDescent, Implicit, Neumann,
-                                      Unroll)
+from vrlang.estimators.bilevel import (AUTO_DRAWS, CG, LBFGS, POWER_ITERS, Adam, Direct, GradientDescent, Implicit,
+                                      Neumann, Unroll)
 from vrlang.estimators.borep import BoRep, StochasticBoRep
 from vrlang.estimators.inner_finite_sum import DEFAULT_EPOCH, DEFAULT_P, InnerLSVRG, InnerSAGA, InnerSVRG
 from vrlang.estimators.penalty import Penalty
@@ -39,10 +39,9 @@ from vrlang.ir import nodes as N
 from vrlang.transforms.base import EstimatorChoice, Transform
 
 LINSOLVES = ("cg", "neumann", "direct")
-INNER_SOLVERS = ("sgd", "lbfgs", "svrg", "lsvrg", "saga")
+INNER_SOLVERS = ("sgd", "lbfgs", "adam", "svrg", "lsvrg", "saga")
 MINIBATCH_INNER = ("svrg", "lsvrg", "saga")  # with implicit only
 MINIBATCH_PLANS = (InnerSVRG, InnerLSVRG, InnerSAGA)
-INNER_PLANNED = ("adam",)  # later work
 DEFAULT_INNER = Spec("lbfgs", {"steps": 100})
 DEFAULT_ITERS = 100
 NO_WARM_START = "each outer step solves the inner problem afresh from its `= init` value (default 0; no warm start)"
@@ -59,17 +58,12 @@ def _tol(spec: Spec):
 
 
 def inner_solver(spec: Spec, outer: Spec):
-    """``sgd(lr, steps, tol)``, ``lbfgs(steps, memory, tol)`` or, for ``implicit``, ``svrg(steps, batch, lr,
+    """``sgd(lr, steps, tol)``, ``lbfgs(steps, memory, tol)``, ``adam(lr, steps, tol)`` or, for ``implicit``, ``svrg(steps, batch, lr,
     epoch)``, ``lsvrg(steps, batch, lr, p)``, ``saga(steps, batch, lr)`` -> (runtime solver, description)."""
     span = outer.arg_spans.get("inner") or outer.span
     if not isinstance(spec, Spec):
         raise VrEstimatorError("E302", f"`inner` of `{outer.name}` must be a solver such as lbfgs(steps = 100)",
                                span, f"inner solvers: {', '.join(INNER_SOLVERS)}")
-    if spec.name in INNER_PLANNED:
-        raise VrEstimatorError("E391", f"the inner solver `{spec.name}` is not available yet in this version",
-                               spec.span or span, "the hypergradient is taken at the inner solution, which adam "
-                               "with a constant step is not guaranteed to reach; available inner solvers: "
-                               + ", ".join(INNER_SOLVERS))
     if spec.name not in INNER_SOLVERS:
         raise VrEstimatorError("E302", f"unknown inner solver `{spec.name}` for `{outer.name}`", spec.span or span,
                                f"inner solvers: {', '.join(INNER_SOLVERS)}")
@@ -83,6 +77,13 @@ def inner_solver(spec: Spec, outer: Spec):
         text = (f"gradient descent, lr = {'1/L (L: power iteration at the init)' if lr == 'auto' else f'{lr:g}'}, "
                 f"at most {steps} steps")
         return GradientDescent(steps, None if lr == "auto" else lr, tol), text
+    if spec.name == "adam":
+        check_args(spec, {"lr": "", "steps": "", "tol": ""}, "inner solver")
+        steps = number(spec, "steps", 1000, integer=True)
+        lr = number(spec, "lr", 0.01)
+        text = (f"Adam (optax) with a constant step lr = {lr:g}, at most {steps} steps, stopped at the gradient "
+                "tolerance (a constant-step Adam need not converge: it can pass the solution and drift away)")
+        return Adam(steps, lr, _tol(spec)), text
     check_args(spec, {"steps": "", "memory": "", "tol": ""}, "inner solver")
     memory = number(spec, "memory", 10, integer=True)
     tol = _tol(spec)
@@ -183,6 +184,7 @@ class ImplicitDecision(Transform):
                     "the backward pass")
         memory = ("the inner solution" + (f" + L-BFGS history (2 x {inner.memory} copies of v)"
                                           if isinstance(inner, LBFGS) else "")
+                  + (" + Adam's two moment estimates (2 copies of v)" if isinstance(inner, Adam) else "")
                   + (" + the dense (dim v)^2 Hessian" if ls.name == "direct" and not values_only else "")
                   + "; no tape of the inner iterations")
         # `steps`/`lr`: the minibatch inner steps of a stochastic inner problem (used by check_decisions)
