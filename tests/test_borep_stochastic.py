@@ -112,8 +112,8 @@ def test_stochastic_borep_solve_reaches_the_ridge_optimum(data):
 
 
 def test_explain_of_stochastic_borep():
-    prog = vrlang.compile(RIDGE + "estimate v by borep(period = 3, steps = 7, iters = 25)\nestimate i by sgd(batch = 5)\n"
-                          "solve by normalized(lr = 0.01)\n")
+    prog = vrlang.compile(RIDGE + "estimate v by borep(period = 3, steps = 7, iters = 25)\n"
+                          "estimate i by sgd(batch = 5)\nsolve by normalized(lr = 0.01)\n")
     c = prog.choices["v"]
     text = prog.explain()
     assert "unbiased  : NO" in text and "BO-REP" in text

@@ -134,6 +134,18 @@ def test_refusals(src, estimator, estimators, code, words):
     assert info.value.code == code and words in info.value.render(), info.value.render()
 
 
+ONE_SUM = HEADER + """param lam: real in positive = 1.0
+let w = argmin(v in real[d]: mean(i in 0..n: (dot(Xtr[i], v) - ytr[i])^2 / 2 + lam / 2 * sumsq(v)))
+""" + VALIDATION
+
+
+def test_saga_on_an_inner_problem_that_is_one_sum(data):
+    """The argmin's body is the sum itself (the penalty inside each item): SAGA's items are its items."""
+    prog = vrlang.compile(ONE_SUM, x64=True, estimators={"v": inner("saga", 320)})
+    assert "SAGA's table: n x dim v numbers (the items of `i`)" in prog.choices["v"].memory
+    assert rel_err(prog.grad({"lam": 1.0}, data)["lam"], exact_grad(data, 1.0)) < 1e-8
+
+
 def test_lsvrg_on_an_inner_problem_with_two_sums(data):
     """Each sum drawn on its own minibatch (the refused saga's alternative): still the closed form."""
     with jax.enable_x64(True):

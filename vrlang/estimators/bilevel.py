@@ -478,6 +478,6 @@ def argmax(fn, init, method=None):
     return (method or Implicit()).decide("argmax", fn, init)
 
 
-__all__ = ["Adam", "CG", "DECISION_OPS", "Direct", "GradientDescent", "Implicit", "LBFGS", "Neumann", "Unroll", "argmax",
-           "argmin", "default_tol", "hessian_matvec", "inverse_step", "neumann_series", "sampled_top_eigenvalue",
-           "top_eigenvalue"]
+__all__ = ["Adam", "CG", "DECISION_OPS", "Direct", "GradientDescent", "Implicit", "LBFGS", "Neumann", "Unroll",
+           "argmax", "argmin", "default_tol", "hessian_matvec", "inverse_step", "neumann_series",
+           "sampled_top_eigenvalue", "top_eigenvalue"]

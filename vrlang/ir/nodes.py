@@ -153,9 +153,9 @@ def walk(node: Node):
 
 
 def outermost_sums(node: Node) -> tuple:
-    """The sums in ``node`` that are inside no other sum and no decision binder of ``node``
-    (``node`` itself excluded): the items of an inner solver that samples one sum (inner ``saga``)."""
-    found, seen, stack = [], set(), list(reversed(node.children()))
+    """The sums in ``node`` (itself included) that are inside no other sum and no decision binder of
+    ``node``: the items of an inner solver that samples one sum of an argmin's body (inner ``saga``)."""
+    found, seen, stack = [], set(), [node]
     while stack:
         n = stack.pop()
         if id(n) in seen:

@@ -7,7 +7,8 @@
 alpha = a, inner = SOLVER)`` (BO-REP, :mod:`vrlang.estimators.borep`; with the outer solver
 ``normalized``).  Inner solvers: ``sgd(lr = c | auto, steps = k, tol = t)`` (gradient descent with
 a fixed step: the inner objective is evaluated exactly), ``adam(lr = c, steps = k, tol = t)`` (constant
-step, defaults 0.01 and 1000) and ``lbfgs(steps = k, memory = m, tol = t)`` (the default, ``steps = 100``); with ``implicit`` only, ``svrg(steps = k, batch = b, lr = c | auto,
+step, defaults 0.01 and 1000) and ``lbfgs(steps = k, memory = m, tol = t)`` (the default,
+``steps = 100``); with ``implicit`` only, ``svrg(steps = k, batch = b, lr = c | auto,
 epoch = m)``, ``lsvrg(steps = k, batch = b, lr = c | auto, p = q)`` and ``saga(steps = k, batch = b,
 lr = c | auto)`` (variance-reduced solvers on minibatches of the inner sums,
 :mod:`vrlang.estimators.inner_finite_sum`).
@@ -58,8 +59,9 @@ def _tol(spec: Spec):
 
 
 def inner_solver(spec: Spec, outer: Spec):
-    """``sgd(lr, steps, tol)``, ``lbfgs(steps, memory, tol)``, ``adam(lr, steps, tol)`` or, for ``implicit``, ``svrg(steps, batch, lr,
-    epoch)``, ``lsvrg(steps, batch, lr, p)``, ``saga(steps, batch, lr)`` -> (runtime solver, description)."""
+    """``sgd(lr, steps, tol)``, ``lbfgs(steps, memory, tol)``, ``adam(lr, steps, tol)`` or, for ``implicit``,
+    ``svrg(steps, batch, lr, epoch)``, ``lsvrg(steps, batch, lr, p)``, ``saga(steps, batch, lr)`` -> (runtime
+    solver, description)."""
     span = outer.arg_spans.get("inner") or outer.span
     if not isinstance(spec, Spec):
         raise VrEstimatorError("E302", f"`inner` of `{outer.name}` must be a solver such as lbfgs(steps = 100)",
@@ -469,12 +471,14 @@ def check_inner_saga(cp, choices: dict) -> None:
         if len(sums) != 1:
             found = (f"{len(sums)} sums ({', '.join(f'`{s.binder}`' for s in sums)})" if sums else "no finite sum")
             raise VrEstimatorError("E391", f"inner = saga samples the items of one finite sum, but the inner problem "
-                                   f"of `{node.binder}` has {found} outside any other sum", c.spec.arg_spans.get("inner")
-                                   or c.spec.span, "use inner = svrg(steps = k) or lsvrg(steps = k) (each sum drawn on "
-                                   "its own minibatch), or write the inner problem as one sum")
+                                   f"of `{node.binder}` has {found} outside any other sum",
+                                   c.spec.arg_spans.get("inner") or c.spec.span,
+                                   "use inner = svrg(steps = k) or lsvrg(steps = k) (each sum drawn on its own "
+                                   "minibatch), or write the inner problem as one sum")
         n = f"{sums[0].hi}" if sums[0].lo == 0 else f"({sums[0].hi} - {sums[0].lo})"
+        table = f"{n} x dim v numbers (the items of `{sums[0].binder}`)"
         choices[node.binder] = replace(c, memory=c.memory.replace("n x dim v numbers (n the items of the inner sum)",
-                                                                  f"{n} x dim v numbers (the items of `{sums[0].binder}`)"))
+                                                                  table))
 
 
 def check_decisions(cp, choices: dict) -> None:
