@@ -182,6 +182,6 @@ class InnerSAGA(_MinibatchInner):
         return x
 
 
-MINIBATCH_INNER = (InnerSVRG, InnerLSVRG, InnerSAGA)
+MINIBATCH_SOLVERS = (InnerSVRG, InnerLSVRG, InnerSAGA)  # the inner solvers that draw minibatches
 
-__all__ = ["DEFAULT_EPOCH", "DEFAULT_P", "InnerLSVRG", "InnerSAGA", "InnerSVRG", "MINIBATCH_INNER", "TABLE_CHUNK"]
+__all__ = ["DEFAULT_EPOCH", "DEFAULT_P", "InnerLSVRG", "InnerSAGA", "InnerSVRG", "MINIBATCH_SOLVERS", "TABLE_CHUNK"]

@@ -31,7 +31,8 @@ from vrlang.errors import VrEstimatorError
 from vrlang.estimators.bilevel import (AUTO_DRAWS, CG, LBFGS, POWER_ITERS, Adam, Direct, GradientDescent, Implicit,
                                       Neumann, Unroll)
 from vrlang.estimators.borep import BoRep, StochasticBoRep
-from vrlang.estimators.inner_finite_sum import DEFAULT_EPOCH, DEFAULT_P, InnerLSVRG, InnerSAGA, InnerSVRG
+from vrlang.estimators.inner_finite_sum import (DEFAULT_EPOCH, DEFAULT_P, MINIBATCH_SOLVERS, InnerLSVRG, InnerSAGA,
+                                               InnerSVRG)
 from vrlang.estimators.penalty import Penalty
 from vrlang.estimators.stochastic_implicit import StochasticImplicit
 from vrlang.estimators.spec import Spec, check_args, number
@@ -42,7 +43,6 @@ from vrlang.transforms.base import EstimatorChoice, Transform
 LINSOLVES = ("cg", "neumann", "direct")
 INNER_SOLVERS = ("sgd", "lbfgs", "adam", "svrg", "lsvrg", "saga")
 MINIBATCH_INNER = ("svrg", "lsvrg", "saga")  # with implicit only
-MINIBATCH_PLANS = (InnerSVRG, InnerLSVRG, InnerSAGA)
 DEFAULT_INNER = Spec("lbfgs", {"steps": 100})
 DEFAULT_ITERS = 100
 NO_WARM_START = "each outer step solves the inner problem afresh from its `= init` value (default 0; no warm start)"
@@ -195,7 +195,7 @@ class ImplicitDecision(Transform):
         sto = {"steps": steps, "lr": None if lr == "auto" else lr, "iters": iters, "linsolve": ls.name,
                "alpha": spec_alpha(spec, ls.name), "inner": inner, "inner_text": inner_text, "lin": lin,
                "values_only": values_only}
-        sampled = isinstance(inner, MINIBATCH_PLANS)  # a random, approximate inner solution: flagged
+        sampled = isinstance(inner, MINIBATCH_SOLVERS)  # a random, approximate inner solution: flagged
         if sampled:
             note = (f"BIASED by the inexact inner solution ({_NAMES[type(inner)]}, a fixed number of minibatch "
                     "steps): " + note)
@@ -214,7 +214,7 @@ def _stochastic_implicit(choice: EstimatorChoice, inner_binder: str) -> Estimato
     """The choice of an ``implicit`` binder whose inner problem has the minibatched sum ``inner_binder``:
     stocBiO (:mod:`vrlang.estimators.stochastic_implicit`)."""
     o, spec = choice.options["stochastic"], choice.spec
-    if isinstance(o["inner"], MINIBATCH_PLANS):
+    if isinstance(o["inner"], MINIBATCH_SOLVERS):
         name = _NAMES[type(o["inner"])].lower().replace("-", "")
         raise VrEstimatorError("E391", f"`{choice.binder}` has inner = {name} and a minibatched sum "
                                f"`{inner_binder}` inside its inner problem (stocBiO): {name} as the inner solver "
@@ -278,7 +278,7 @@ def _stochastic_borep(choice: EstimatorChoice, inner_binder: str) -> EstimatorCh
 def _inner_cost(inner) -> str:
     if isinstance(inner, LBFGS):
         return f"<= {inner.steps} L-BFGS steps (1 gradient each + line-search evaluations)"
-    if isinstance(inner, MINIBATCH_PLANS):
+    if isinstance(inner, MINIBATCH_SOLVERS):
         auto = "" if inner.lr is not None else f" + {AUTO_DRAWS * POWER_ITERS} minibatch HVPs for lr = auto"
         if isinstance(inner, InnerSVRG):
             snaps = -(-inner.steps // max(1, inner.epoch))
