@@ -217,7 +217,7 @@ def test_explain_reports_method_bias_and_cost():
     ("penalty(sigma = 0)", "E302", "positive"),
     ("borep(period = 0)", "E302", "positive"),
     ("implicit(linsolve = foo)", "E302", "cg, neumann, direct"),
-    ("implicit(inner = saga(steps = 10))", "E391", "inner solver `saga` is not available yet"),
+    ("implicit(inner = adam(lr = auto))", "E302", "must be a number"),
     ("implicit(inner = newton)", "E302", "sgd, lbfgs"),
     ("implicit(linsolve = direct, iters = 5)", "E302", "does not apply to linsolve = direct"),
     ("implicit(inner = sgd(steps = 10, memory = 3))", "E301", "memory"),

@@ -147,11 +147,10 @@ def test_refusals_and_explain(data):
         assert info.value.code == code and words in info.value.render(), info.value.render()
 
     mb = {"i": "sgd(batch = 5)"}
-    # the linear solve must be the (stochastic) Neumann series; unroll and borep stay exact-inner only
+    # the linear solve must be the (stochastic) Neumann series; unroll stays exact-inner only (borep with a
+    # minibatched inner sum: tests/test_borep_stochastic.py)
     refused(RIDGE, "E391", "implicit(linsolve = neumann", estimators={**mb, "v": "implicit(linsolve = cg)"})
     refused(RIDGE, "E391", "stochastic inner problems", estimators={**mb, "v": "unroll(steps = 5)"})
-    refused(RIDGE, "E391", "stochastic inner problems", estimators={**mb, "v": "borep"},
-            solver="normalized(lr = 0.1)")
     # steps/lr of implicit apply only to a minibatched inner problem
     refused(RIDGE, "E302", "applies only", estimators={"v": "implicit(linsolve = neumann, steps = 3)"})
     # stochastic inner problems keep binder state: sums by full/sgd only

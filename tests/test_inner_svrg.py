@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import vrlang
-from vrlang.estimators.inner_svrg import InnerSVRG
+from vrlang.estimators.inner_finite_sum import InnerSVRG
 from test_bilevel import RIDGE, data, exact_grad, rel_err, ridge_solution, validation_loss  # noqa: F401
 
 
@@ -85,9 +85,6 @@ def test_explain_describes_the_inner_svrg():
 
 
 @pytest.mark.parametrize("estimator, estimators, code, words", [
-    ("implicit(inner = saga(steps = 10))", {}, "E391", "inner solver `saga` is not available yet"),
-    ("implicit(inner = adam(steps = 10))", {}, "E391", "inner solver `adam` is not available yet"),
-    ("implicit(inner = lsvrg(steps = 10))", {}, "E391", "inner solver `lsvrg` is not available yet"),
     ("penalty(inner = svrg(steps = 10))", {}, "E391", "available with `implicit` only"),
     ("borep(inner = svrg(steps = 10))", {}, "E391", "available with `implicit` only"),
     ("implicit(inner = svrg(steps = 10, memory = 3))", {}, "E301", "memory"),

@@ -246,12 +246,12 @@ def test_explain_and_refusals(data):
     with pytest.raises(vrlang.VrError) as info:
         bo.solve(data, solver="sgd(lr = 0.1, steps = 3)")
     assert info.value.code == "E503"
-    # stochastic inner problems: fine with penalty (and implicit with neumann, tests/test_implicit_stochastic.py),
-    # still refused with implicit(linsolve = cg) and borep
+    # stochastic inner problems: fine with penalty (implicit with neumann: tests/test_implicit_stochastic.py;
+    # borep: tests/test_borep_stochastic.py), still refused with implicit(linsolve = cg)
     vrlang.compile(RIDGE, estimators={"v": "penalty", "i": "sgd(batch = 5)"})
     refused(RIDGE, "E391", "estimate v by penalty", estimators={"i": "sgd(batch = 5)"})
-    refused(RIDGE, "E391", "with `penalty` and `implicit(linsolve = neumann)` only",
-            estimators={"v": "borep", "i": "sgd(batch = 5)"}, solver="normalized(lr = 0.1)")
+    refused(RIDGE, "E391", "with `penalty`, `borep` and `implicit(linsolve = neumann)` only",
+            estimators={"v": "implicit(linsolve = cg)", "i": "sgd(batch = 5)"})
     # binder state is threaded through full/sgd sums only
     refused(RIDGE, "E393", "full or sgd", estimators={"v": "penalty", "j": "svrg(batch = 5)"})
     # two penalty argmins in one body: one term per home

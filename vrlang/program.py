@@ -712,10 +712,11 @@ def _refuse_unsupported(cp: CheckedProgram, choices) -> None:
 
 
 def _takes_sampled_inner(choice: EstimatorChoice) -> bool:
-    """A decision binder whose method handles minibatched sums in its inner problem (penalty, stocBiO)."""
+    """A decision binder whose method handles minibatched sums in its inner problem (penalty, stocBiO, borep)."""
+    from vrlang.estimators.borep import StochasticBoRep
     from vrlang.estimators.penalty import Penalty
     from vrlang.estimators.stochastic_implicit import StochasticImplicit
-    return isinstance(choice.plan, (Penalty, StochasticImplicit))
+    return isinstance(choice.plan, (Penalty, StochasticImplicit, StochasticBoRep))
 
 
 def _stochastic(choice: EstimatorChoice) -> bool:

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 
 from vrlang.backend import builtins as JB
 from vrlang.errors import VrDataError, VrEstimatorError
-from vrlang.estimators.sampling import UniformSampler
+from vrlang.estimators.sampling import FixedIndexSampler, UniformSampler
 from vrlang.ir import homes
 from vrlang.ir import nodes as N
 
@@ -331,7 +331,7 @@ class Interpreter:
         # the inner objective is evaluated exactly (key=None): stochastic inner problems are refused at compile
         # time (except with penalty, evaluated by _penalised, and implicit with neumann: decide_sampled below)
         inner = replace(env, key=None, memory=None, collect=None)
-        batch = getattr(getattr(plan, "inner", None), "batch", None)  # a minibatch inner solver (inner = svrg)
+        batch = getattr(getattr(plan, "inner", None), "batch", None)  # a minibatch inner solver (svrg, saga...)
         if batch is not None:  # draws: the step's key (or, exact evaluations, a fixed key) folded with the salt
             base = jax.random.fold_in(jax.random.PRNGKey(_INNER_KEY) if env.key is None else env.key,
                                       binder_salt(node.binder))
@@ -342,6 +342,18 @@ class Interpreter:
             e = inner if draw is None else replace(inner, key=jax.random.fold_in(base, draw),
                                                    samplers={**inner.samplers, **drawn})
             return _as_float(self.at_home(node.body, e.bind(node.binder, v)))
+
+        if batch is not None:  # vrlang.estimators.inner_finite_sum: the solver's key, SAGA's items
+            objective.key, objective.items, objective.at = base, None, None
+            sums = N.outermost_sums(node.body)
+            if len(sums) == 1 and sums[0].binder not in env.samplers:
+                items = sums[0]
+
+                def at(v, idx):  # the body with its one sum at the items idx (weights n/b), other sums exact
+                    e = replace(inner, key=base, samplers={**inner.samplers, items.binder: FixedIndexSampler(idx)})
+                    return _as_float(self.at_home(node.body, e.bind(node.binder, v)))
+
+                objective.items, objective.at = env.dim(items.hi) - env.dim(items.lo), at
 
         if env.collect is not None and hasattr(plan, "decide_sampled"):
             # a minibatched inner problem (implicit, stocBiO: vrlang.estimators.stochastic_implicit): the inner

@@ -21,8 +21,11 @@ Inner solvers (``minimize(fn, x0) -> x``; never differentiated):
   initial point, from a power iteration of Hessian-vector products.  (The DSL calls it
   ``sgd``: with an exact inner objective it is plain gradient descent.)
 * :class:`LBFGS` -- ``optax.lbfgs`` with its zoom line search, in a ``lax.while_loop``.
-* :class:`vrlang.estimators.inner_svrg.InnerSVRG` -- SVRG on minibatches of the inner sums
-  (the objective then also takes a draw number, ``fn(v, t)``: see that module).
+* :class:`Adam` -- ``optax.adam`` with a constant step (early stop as gradient descent; its accuracy
+  depends on the step: see the class).
+* :class:`vrlang.estimators.inner_finite_sum.InnerSVRG`, ``InnerLSVRG``, ``InnerSAGA`` -- SVRG,
+  loopless SVRG and SAGA on minibatches of the inner sums (the objective then also takes a draw
+  number, ``fn(v, t)``, and carries a key and a fixed-index form: see that module).
 
 Linear solvers for :math:`H u = b`, :math:`H = \nabla^2_{vv} g` given only as a matvec
 (Hessian-vector products, :math:`H` is never formed except by :class:`Direct`).  Each is
@@ -218,6 +221,52 @@ class GradientDescent(eqx.Module):
         return x
 
 
+class Adam(eqx.Module):
+    """``optax.adam`` with a constant step ``lr`` on the exact inner objective, for at most ``steps`` steps,
+    stopped at a relative gradient tolerance (as :class:`GradientDescent`; a non-finite step is skipped).
+
+    Adam (Kingma & Ba, ICLR 2015) with a constant step is not guaranteed to converge to the minimiser,
+    and the tolerance stop matters: its second-moment estimate decays with the gradient, so its
+    effective step grows near the solution and the iterates can pass the solution and drift away.
+    Measured on a 4-dimensional ridge problem (float64, tests/test_inner_solvers.py): with the default
+    tolerance 300 / 1000 steps reach 1e-7 / 3e-11 relative error at lr = 0.01, 0.05 and 0.2 alike;
+    without a reachable tolerance lr = 0.05 is at 2e-16 after 1000 steps but at 3e-3 after 3000.  The
+    hypergradient is taken at the returned point.
+    """
+
+    steps: int = eqx.field(static=True, default=1000)
+    lr: float = eqx.field(static=True, default=0.01)
+    tol: float | None = eqx.field(static=True, default=None)
+
+    def minimize(self, fn, x0, ref=None):
+        """As :meth:`GradientDescent.minimize` (``ref``: the point the tolerance is relative to)."""
+        opt = optax.adam(self.lr)
+        grad = jax.grad(fn)
+        g0 = grad(x0)
+        gref = g0 if ref is None else grad(ref)
+        thr = (self.tol if self.tol is not None else default_tol(x0.dtype)) * _norm(gref)
+
+        def cond(c):
+            k, _x, _s, _g, done = c
+            return (k < self.steps) & ~done
+
+        def body(c):
+            k, x, s, g, _ = c
+            updates, s2 = opt.update(g, s, x)
+            x2 = optax.apply_updates(x, updates)
+            ok = jnp.all(jnp.isfinite(x2))
+            x = jnp.where(ok, x2, x)
+            s = jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), s2, s)
+            g = grad(x)
+            return k + 1, x, s, g, (_norm(g) <= thr) | ~ok
+
+        _, x, _, _, _ = jax.lax.while_loop(cond, body, (jnp.int32(0), x0, opt.init(x0), g0, _norm(g0) <= thr))
+        return x
+
+    def unrolled(self, fn, x0):  # pragma: no cover - refused by the transform
+        raise NotImplementedError("unrolling differentiates gradient descent only")
+
+
 class LBFGS(eqx.Module):
     """``optax.lbfgs`` (zoom line search) for at most ``steps`` iterations, stopped at a relative gradient tolerance."""
 
@@ -331,7 +380,8 @@ def _flat(fn, init, maximize: bool):
     """The inner objective on a flat vector, negated for argmax/max, and the initial point.
 
     Extra arguments are passed through (an inner solver that draws minibatches, e.g.
-    :class:`vrlang.estimators.inner_svrg.InnerSVRG`, calls ``h(x, draw)``)."""
+    :class:`vrlang.estimators.inner_finite_sum.InnerSVRG`, calls ``h(x, draw)``), and so are the
+    attributes of a minibatch inner objective (``key``, ``items``, ``at``: see that module)."""
     x0, unravel = ravel_pytree(init)
     x0 = jax.lax.stop_gradient(x0)  # the solution map does not depend on the starting point
     sign = -1.0 if maximize else 1.0
@@ -339,6 +389,9 @@ def _flat(fn, init, maximize: bool):
     def h(x, *args):
         return sign * fn(unravel(x), *args)
 
+    at = getattr(fn, "at", None)
+    h.key, h.items = getattr(fn, "key", None), getattr(fn, "items", None)
+    h.at = None if at is None else (lambda x, idx: sign * at(unravel(x), idx))
     return h, x0, unravel
 
 
@@ -425,6 +478,6 @@ def argmax(fn, init, method=None):
     return (method or Implicit()).decide("argmax", fn, init)
 
 
-__all__ = ["CG", "DECISION_OPS", "Direct", "GradientDescent", "Implicit", "LBFGS", "Neumann", "Unroll", "argmax",
-           "argmin", "default_tol", "hessian_matvec", "inverse_step", "neumann_series", "sampled_top_eigenvalue",
-           "top_eigenvalue"]
+__all__ = ["Adam", "CG", "DECISION_OPS", "Direct", "GradientDescent", "Implicit", "LBFGS", "Neumann", "Unroll",
+           "argmax", "argmin", "default_tol", "hessian_matvec", "inverse_step", "neumann_series",
+           "sampled_top_eigenvalue", "top_eigenvalue"]

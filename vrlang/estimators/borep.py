@@ -24,11 +24,21 @@ warm start); the state after the first (exact) evaluation is the refined :math:`
 Neumann series -- Hessian-vector products only.  (4) is the outer solver ``normalized(lr, beta)``
 (:mod:`vrlang.solvers.spec`); ``borep`` requires it (E503).
 
+Stochastic lower level (:class:`StochasticBoRep`, chosen by the compiler when a sum inside the
+``argmin`` is minibatched, ``estimate i by sgd(batch = b)``): UpdateLower is ``N`` steps of SGD,
+:math:`y \leftarrow y - \eta \nabla_y g_{B_k}(x, y)` with a fresh minibatch per step, and the
+hypergradient is stocBiO's estimate at the tracked :math:`y`
+(:class:`vrlang.estimators.stochastic_implicit.StochasticImplicit` with no inner steps): the
+Q-term Neumann series with independent minibatch HVPs and a minibatch cross term, whose
+expectation given :math:`y` is the Q-term truncated-Neumann hypergradient at :math:`y` -- the
+paper's stochastic Hessian-vector product oracle; the paper's estimator may truncate the
+series at a random length instead of summing it, with that same expectation.
+
 Differences from the paper (documented in ``explain`` and docs/language.md):
 
-* the lower level is evaluated exactly (its sums are ``full``; a minibatched sum inside the
-  ``argmin`` is refused, E391), so UpdateLower is ``N`` steps of gradient descent rather than
-  SGD, and the Neumann series uses exact Hessian-vector products (the paper samples them);
+* with ``full`` sums inside the ``argmin`` the lower level is evaluated exactly, so UpdateLower
+  is ``N`` steps of gradient descent rather than SGD and the Neumann series uses exact
+  Hessian-vector products (the stochastic variant above is the paper's setting);
 * the refinement is the ``inner`` solver run to its tolerance, not the paper's epoch-SGD schedule;
 * normalised momentum acts on the solver's unconstrained coordinates (constraint
   reparameterisations, e.g. ``positive`` = softplus);
@@ -47,7 +57,9 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from vrlang.estimators.bilevel import LBFGS, Implicit, Neumann, _auto_lr, _flat, _LinearSolver, neumann_series
+from vrlang.estimators.bilevel import (AUTO_DRAWS, LBFGS, Implicit, Neumann, _auto_lr, _flat, _LinearSolver,
+                                      inverse_step, neumann_series, sampled_top_eigenvalue)
+from vrlang.estimators.stochastic_implicit import _AUTO_KEY, _STEP_SALT, StochasticImplicit, _fold
 
 
 class NeumannAt(_LinearSolver):
@@ -108,4 +120,46 @@ class BoRep(eqx.Module):
         return unravel(v), {"y": unravel(y), "t": t + 1 if state is not None else t, "lr": jnp.asarray(lr, x0.dtype)}
 
 
-__all__ = ["BoRep", "NeumannAt"]
+class StochasticBoRep(BoRep):
+    """BO-REP with a minibatched lower level: SGD for the periodic update, stocBiO's estimate at the tracked ``y``."""
+
+    def decide_sampled(self, op, fn, init, state, key):
+        """``(solution, new_state)``; ``fn(v, key, frozen)`` the inner objective (``key = None``: exact sums).
+
+        ``state = None`` (the initial state): the refined start, as :meth:`BoRep.decide_from`, with
+        ``lr = auto`` the inverse of the largest top eigenvalue of the minibatch Hessian over
+        ``AUTO_DRAWS`` fixed draws at it; ``key = None``: the exact algorithm (:meth:`BoRep.decide_from`).
+        """
+        if op not in ("argmin", "argmax"):  # refused by the transform
+            raise ValueError("borep applies to argmin/argmax")
+        exact = lambda v: fn(v, None, False)  # noqa: E731
+        sign = -1.0 if op == "argmax" else 1.0
+        x0, unravel = ravel_pytree(init)
+        sg = jax.lax.stop_gradient
+
+        def h(v, k):
+            return sign * fn(unravel(v), k, True)
+
+        if state is None:
+            out, new = BoRep.decide_from(self, op, exact, init, None)
+            if self.lr is None:
+                y = ravel_pytree(new["y"])[0].astype(x0.dtype)
+                keys = jax.random.split(jax.random.PRNGKey(_AUTO_KEY), AUTO_DRAWS)
+                new = {**new, "lr": sg(inverse_step(sampled_top_eigenvalue(h, y, keys))).astype(x0.dtype)}
+            return out, new
+        if key is None:
+            return BoRep.decide_from(self, op, exact, init, state)
+        y, t, lr = sg(ravel_pytree(state["y"])[0].astype(x0.dtype)), state["t"], state["lr"]
+
+        def update(v):
+            return jax.lax.fori_loop(
+                0, self.steps, lambda k, w: w - lr * jax.grad(lambda u: h(u, _fold(key, _STEP_SALT, k)))(w), v)
+
+        y = sg(jax.lax.cond((t > 0) & (t % self.period == 0), update, lambda v: v, y))
+        alpha = lr if self.alpha is None else jnp.asarray(self.alpha, x0.dtype)
+        at_y = StochasticImplicit(self.inner, Neumann(self.iters), True, 0, None, self.iters, None)
+        out, _ = at_y.decide_sampled(op, fn, init, {"y": unravel(y), "lr": lr, "alpha": alpha}, key)
+        return out, {"y": unravel(y), "t": t + 1, "lr": lr}
+
+
+__all__ = ["BoRep", "NeumannAt", "StochasticBoRep"]

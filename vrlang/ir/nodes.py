@@ -152,6 +152,22 @@ def walk(node: Node):
         stack.extend(reversed(n.children()))
 
 
+def outermost_sums(node: Node) -> tuple:
+    """The sums in ``node`` (itself included) that are inside no other sum and no decision binder of
+    ``node``: the items of an inner solver that samples one sum of an argmin's body (inner ``saga``)."""
+    found, seen, stack = [], set(), [node]
+    while stack:
+        n = stack.pop()
+        if id(n) in seen:
+            continue
+        seen.add(id(n))
+        if isinstance(n, Sum):
+            found.append(n)
+        elif not isinstance(n, Decision):
+            stack.extend(reversed(n.children()))
+    return tuple(found)
+
+
 def pretty(node: Node, indent: int = 0) -> str:
     """A readable rendering of the IR (``vrlang explain --stage ir``)."""
     pad = "  " * indent

@@ -6,11 +6,15 @@
 :mod:`vrlang.estimators.penalty`) and ``borep(period = I, steps = N, lr = c | auto, iters = Q,
 alpha = a, inner = SOLVER)`` (BO-REP, :mod:`vrlang.estimators.borep`; with the outer solver
 ``normalized``).  Inner solvers: ``sgd(lr = c | auto, steps = k, tol = t)`` (gradient descent with
-a fixed step: the inner objective is evaluated exactly) and ``lbfgs(steps = k, memory = m, tol = t)``
-(the default, ``steps = 100``); with ``implicit`` only, ``svrg(steps = k, batch = b, lr = c | auto,
-epoch = m)`` (SVRG on minibatches of the inner sums, :mod:`vrlang.estimators.inner_svrg`).
+a fixed step: the inner objective is evaluated exactly), ``adam(lr = c, steps = k, tol = t)`` (constant
+step, defaults 0.01 and 1000) and ``lbfgs(steps = k, memory = m, tol = t)`` (the default,
+``steps = 100``); with ``implicit`` only, ``svrg(steps = k, batch = b, lr = c | auto,
+epoch = m)``, ``lsvrg(steps = k, batch = b, lr = c | auto, p = q)`` and ``saga(steps = k, batch = b,
+lr = c | auto)`` (variance-reduced solvers on minibatches of the inner sums,
+:mod:`vrlang.estimators.inner_finite_sum`).
 
-The inner problem is deterministic except with ``penalty`` and, for minibatched sums, with
+The inner problem is deterministic except with ``penalty`` and, for minibatched sums, with ``borep`` (SGD
+lower updates, minibatch HVPs: :class:`vrlang.estimators.borep.StochasticBoRep`) and
 ``implicit(linsolve = neumann)``, whose choice is then replaced by stocBiO (minibatch inner steps on the
 tracked y, ``steps = k, lr = c | auto``; stochastic Neumann series with independent minibatch HVPs:
 :mod:`vrlang.estimators.stochastic_implicit`): any other sampled estimator (a minibatched sum, a sampled
@@ -24,10 +28,11 @@ from dataclasses import replace
 
 from vrlang.check.program import BinderInfo
 from vrlang.errors import VrEstimatorError
-from vrlang.estimators.bilevel import (AUTO_DRAWS, CG, LBFGS, POWER_ITERS, Direct, GradientDescent, Implicit, Neumann,
-                                      Unroll)
-from vrlang.estimators.borep import BoRep
-from vrlang.estimators.inner_svrg import DEFAULT_EPOCH, InnerSVRG
+from vrlang.estimators.bilevel import (AUTO_DRAWS, CG, LBFGS, POWER_ITERS, Adam, Direct, GradientDescent, Implicit,
+                                      Neumann, Unroll)
+from vrlang.estimators.borep import BoRep, StochasticBoRep
+from vrlang.estimators.inner_finite_sum import (DEFAULT_EPOCH, DEFAULT_P, MINIBATCH_SOLVERS, InnerLSVRG, InnerSAGA,
+                                               InnerSVRG)
 from vrlang.estimators.penalty import Penalty
 from vrlang.estimators.stochastic_implicit import StochasticImplicit
 from vrlang.estimators.spec import Spec, check_args, number
@@ -36,8 +41,8 @@ from vrlang.ir import nodes as N
 from vrlang.transforms.base import EstimatorChoice, Transform
 
 LINSOLVES = ("cg", "neumann", "direct")
-INNER_SOLVERS = ("sgd", "lbfgs", "svrg")  # svrg: with implicit only
-INNER_PLANNED = ("saga", "lsvrg", "adam")  # other stochastic inner solvers: later work
+INNER_SOLVERS = ("sgd", "lbfgs", "adam", "svrg", "lsvrg", "saga")
+MINIBATCH_INNER = ("svrg", "lsvrg", "saga")  # with implicit only
 DEFAULT_INNER = Spec("lbfgs", {"steps": 100})
 DEFAULT_ITERS = 100
 NO_WARM_START = "each outer step solves the inner problem afresh from its `= init` value (default 0; no warm start)"
@@ -54,36 +59,19 @@ def _tol(spec: Spec):
 
 
 def inner_solver(spec: Spec, outer: Spec):
-    """``sgd(lr, steps, tol)``, ``lbfgs(steps, memory, tol)`` or, for ``implicit``, ``svrg(steps, batch, lr,
-    epoch)`` -> (runtime solver, description)."""
+    """``sgd(lr, steps, tol)``, ``lbfgs(steps, memory, tol)``, ``adam(lr, steps, tol)`` or, for ``implicit``,
+    ``svrg(steps, batch, lr, epoch)``, ``lsvrg(steps, batch, lr, p)``, ``saga(steps, batch, lr)`` -> (runtime
+    solver, description)."""
     span = outer.arg_spans.get("inner") or outer.span
     if not isinstance(spec, Spec):
         raise VrEstimatorError("E302", f"`inner` of `{outer.name}` must be a solver such as lbfgs(steps = 100)",
                                span, f"inner solvers: {', '.join(INNER_SOLVERS)}")
-    if spec.name in INNER_PLANNED:
-        raise VrEstimatorError("E391", f"the inner solver `{spec.name}` is not available yet in this version",
-                               spec.span or span, f"available inner solvers: {', '.join(INNER_SOLVERS)}")
     if spec.name not in INNER_SOLVERS:
         raise VrEstimatorError("E302", f"unknown inner solver `{spec.name}` for `{outer.name}`", spec.span or span,
                                f"inner solvers: {', '.join(INNER_SOLVERS)}")
     steps = number(spec, "steps", 100, integer=True)
-    if spec.name == "svrg":
-        if outer.name != "implicit":
-            raise VrEstimatorError("E391", f"the inner solver `svrg` is available with `implicit` only in this "
-                                   f"version, not with `{outer.name}`", spec.span or span,
-                                   "use inner = lbfgs(steps = 100) or sgd(steps = k)")
-        check_args(spec, {"steps": "", "batch": "", "lr": "", "epoch": ""}, "inner solver")
-        batch = number(spec, "batch", 8, integer=True)
-        epoch = number(spec, "epoch", DEFAULT_EPOCH, integer=True)
-        lr = number(spec, "lr", Spec("auto", {}), allow_auto=True)
-        lr_text = (f"1/(2 L), L the largest top eigenvalue of the minibatch inner Hessian over {AUTO_DRAWS} "
-                   "draws at the start (power iteration)" if lr == "auto" else f"{lr:g}")
-        text = (f"SVRG (Johnson & Zhang 2013) on the inner sums: {steps} steps on minibatches of {batch} "
-                f"(uniform, with replacement, per sum of the body), a snapshot with its full gradient every "
-                f"{epoch} steps, lr = {lr_text}, from the (warm-started) inner state; the minibatches are "
-                f"drawn with the step's key, or a fixed key in exact evaluations (Program.grad stays "
-                f"deterministic); approximate: the hypergradient error is O(|v - v*|)")
-        return InnerSVRG(steps, batch, None if lr == "auto" else lr, epoch), text
+    if spec.name in MINIBATCH_INNER:
+        return _minibatch_inner(spec, outer, steps, span)
     if spec.name == "sgd":
         check_args(spec, {"lr": "", "steps": "", "tol": ""}, "inner solver")
         lr = number(spec, "lr", Spec("auto", {}), allow_auto=True)
@@ -91,10 +79,54 @@ def inner_solver(spec: Spec, outer: Spec):
         text = (f"gradient descent, lr = {'1/L (L: power iteration at the init)' if lr == 'auto' else f'{lr:g}'}, "
                 f"at most {steps} steps")
         return GradientDescent(steps, None if lr == "auto" else lr, tol), text
+    if spec.name == "adam":
+        check_args(spec, {"lr": "", "steps": "", "tol": ""}, "inner solver")
+        steps = number(spec, "steps", 1000, integer=True)
+        lr = number(spec, "lr", 0.01)
+        text = (f"Adam (optax) with a constant step lr = {lr:g}, at most {steps} steps, stopped at the gradient "
+                "tolerance (a constant-step Adam need not converge: it can pass the solution and drift away)")
+        return Adam(steps, lr, _tol(spec)), text
     check_args(spec, {"steps": "", "memory": "", "tol": ""}, "inner solver")
     memory = number(spec, "memory", 10, integer=True)
     tol = _tol(spec)
     return LBFGS(steps, memory, tol), f"L-BFGS (memory {memory}, zoom line search), at most {steps} steps"
+
+
+def _minibatch_inner(spec: Spec, outer: Spec, steps: int, span):
+    """``svrg(steps, batch, lr, epoch)``, ``lsvrg(steps, batch, lr, p)``, ``saga(steps, batch, lr)``."""
+    name = spec.name
+    if outer.name != "implicit":
+        raise VrEstimatorError("E391", f"the inner solver `{name}` is available with `implicit` only in this "
+                               f"version, not with `{outer.name}`", spec.span or span,
+                               "use inner = lbfgs(steps = 100) or sgd(steps = k)")
+    extra = {"svrg": {"epoch": ""}, "lsvrg": {"p": ""}, "saga": {}}[name]
+    check_args(spec, {"steps": "", "batch": "", "lr": "", **extra}, "inner solver")
+    batch = number(spec, "batch", 8, integer=True)
+    lr = number(spec, "lr", Spec("auto", {}), allow_auto=True)
+    denom = "3" if name == "saga" else "2"
+    lr_text = (f"1/({denom} L), L the largest top eigenvalue of the minibatch inner Hessian over {AUTO_DRAWS} "
+               "draws at the start (power iteration)" if lr == "auto" else f"{lr:g}")
+    lr = None if lr == "auto" else lr
+    draws = ("the minibatches are drawn with the step's key, or a fixed key in exact evaluations (Program.grad "
+             "stays deterministic); approximate: the hypergradient error is O(|v - v*|)")
+    if name == "svrg":
+        epoch = number(spec, "epoch", DEFAULT_EPOCH, integer=True)
+        text = (f"SVRG (Johnson & Zhang 2013) on the inner sums: {steps} steps on minibatches of {batch} "
+                f"(uniform, with replacement, per sum of the body), a snapshot with its full gradient every "
+                f"{epoch} steps, lr = {lr_text}, from the (warm-started) inner state; {draws}")
+        return InnerSVRG(steps, batch, lr, epoch), text
+    if name == "lsvrg":
+        p = number(spec, "p", DEFAULT_P, upper=1)
+        text = (f"loopless SVRG (Kovalev, Horvath & Richtarik 2020) on the inner sums: {steps} steps on minibatches "
+                f"of {batch} (uniform, with replacement, per sum of the body), the snapshot and its full gradient "
+                f"refreshed with probability p = {p:g} after each step, lr = {lr_text}, from the (warm-started) "
+                f"inner state; {draws}")
+        return InnerLSVRG(steps, batch, lr, p), text
+    text = (f"SAGA (Defazio, Bach & Lacoste-Julien 2014) on the items of the inner problem's sum: {steps} steps "
+            f"on minibatches of {batch} items (uniform, with replacement) with a table of the last gradient "
+            f"w.r.t. v of each item (built at the (warm-started) inner state at the start of each inner solve), "
+            f"lr = {lr_text}; {draws}")
+    return InnerSAGA(steps, batch, lr), text
 
 
 class ImplicitDecision(Transform):
@@ -154,6 +186,7 @@ class ImplicitDecision(Transform):
                     "the backward pass")
         memory = ("the inner solution" + (f" + L-BFGS history (2 x {inner.memory} copies of v)"
                                           if isinstance(inner, LBFGS) else "")
+                  + (" + Adam's two moment estimates (2 copies of v)" if isinstance(inner, Adam) else "")
                   + (" + the dense (dim v)^2 Hessian" if ls.name == "direct" and not values_only else "")
                   + "; no tape of the inner iterations")
         # `steps`/`lr`: the minibatch inner steps of a stochastic inner problem (used by check_decisions)
@@ -162,10 +195,14 @@ class ImplicitDecision(Transform):
         sto = {"steps": steps, "lr": None if lr == "auto" else lr, "iters": iters, "linsolve": ls.name,
                "alpha": spec_alpha(spec, ls.name), "inner": inner, "inner_text": inner_text, "lin": lin,
                "values_only": values_only}
-        svrg = isinstance(inner, InnerSVRG)  # a random, approximate inner solution: flagged
-        if svrg:
-            note = ("BIASED by the inexact inner solution (SVRG, a fixed number of minibatch steps): " + note)
-        return EstimatorChoice(binder.name, binder.kind, spec, not svrg, cost, memory, note,
+        sampled = isinstance(inner, MINIBATCH_SOLVERS)  # a random, approximate inner solution: flagged
+        if sampled:
+            note = (f"BIASED by the inexact inner solution ({_NAMES[type(inner)]}, a fixed number of minibatch "
+                    "steps): " + note)
+        if isinstance(inner, InnerSAGA):
+            memory = memory.replace("; no tape", " + SAGA's table: n x dim v numbers (n the items of the inner "
+                                    "sum), built at the start of each inner solve; no tape")
+        return EstimatorChoice(binder.name, binder.kind, spec, not sampled, cost, memory, note,
                                family="full", options={"stochastic": sto}, plan=Implicit(inner, lin, warm))
 
 
@@ -177,11 +214,13 @@ def _stochastic_implicit(choice: EstimatorChoice, inner_binder: str) -> Estimato
     """The choice of an ``implicit`` binder whose inner problem has the minibatched sum ``inner_binder``:
     stocBiO (:mod:`vrlang.estimators.stochastic_implicit`)."""
     o, spec = choice.options["stochastic"], choice.spec
-    if isinstance(o["inner"], InnerSVRG):
-        raise VrEstimatorError("E391", f"`{choice.binder}` has inner = svrg and a minibatched sum `{inner_binder}` "
-                               "inside its inner problem (stocBiO): svrg as the inner solver needs the inner sums "
-                               "estimated by full in this version", spec.arg_spans.get("inner") or spec.span,
-                               f"estimate {inner_binder} by full (svrg draws its own minibatches), or use "
+    if isinstance(o["inner"], MINIBATCH_SOLVERS):
+        name = _NAMES[type(o["inner"])].lower().replace("-", "")
+        raise VrEstimatorError("E391", f"`{choice.binder}` has inner = {name} and a minibatched sum "
+                               f"`{inner_binder}` inside its inner problem (stocBiO): {name} as the inner solver "
+                               "needs the inner sums estimated by full in this version",
+                               spec.arg_spans.get("inner") or spec.span,
+                               f"estimate {inner_binder} by full ({name} draws its own minibatches), or use "
                                "inner = lbfgs(steps = 100)")
     steps, lr, Q, alpha = o["steps"], o["lr"], o["iters"], o["alpha"]
     lr_text = ("1/L, L the largest top eigenvalue of the inner minibatch Hessian over "
@@ -211,14 +250,46 @@ def _stochastic_implicit(choice: EstimatorChoice, inner_binder: str) -> Estimato
     return replace(choice, unbiased=False, cost=cost, memory=memory, note=note, plan=plan)
 
 
+_NAMES = {InnerSVRG: "SVRG", InnerLSVRG: "L-SVRG", InnerSAGA: "SAGA"}
+
+
+def _stochastic_borep(choice: EstimatorChoice, inner_binder: str) -> EstimatorChoice:
+    """The choice of a ``borep`` binder whose inner problem has the minibatched sum ``inner_binder``:
+    SGD lower updates and stocBiO's estimate at the tracked y (:class:`vrlang.estimators.borep.StochasticBoRep`)."""
+    p = choice.plan
+    exact = ("differences from the paper: exact lower-level gradients and Hessian-vector products (the sums inside "
+             "the argmin are full; minibatch one for stochastic updates and HVPs), the refinement is the inner solver")
+    stoch = (f"the lower level is the minibatched sum `{inner_binder}`: each update is {p.steps} SGD steps (a fresh "
+             f"minibatch of `{inner_binder}` each) and the Neumann series takes independent minibatch HVPs with a "
+             f"minibatch cross term (stocBiO's summed series: unbiased for the {p.iters}-term truncated "
+             f"hypergradient given y); differences from the paper: the refinement is the inner solver (exact sums)")
+    note = choice.note.replace(exact, stoch)  # the note of BoRepDecision.apply
+    note = note.replace(f"by {p.steps} gradient steps", f"by {p.steps} SGD steps").replace(
+        "1/L (power iteration at the refined start)",
+        f"1/L, L the largest top eigenvalue of the minibatch Hessian over {AUTO_DRAWS} draws at the refined start")
+    cost = (f"per outer step: {p.iters - 1} minibatch HVPs (Neumann, run twice: once on a zero vector in the forward "
+            f"pass) + 1 minibatch mixed second derivative + the gradient of f; every {p.period}th step also "
+            f"{p.steps} minibatch gradients of g; once: the refinement"
+            + (f" + {AUTO_DRAWS * POWER_ITERS} minibatch HVPs for lr = auto" if p.lr is None else ""))
+    plan = StochasticBoRep(p.inner, p.period, p.steps, p.lr, p.iters, p.alpha)
+    return replace(choice, cost=cost, note=note, plan=plan)
+
+
 def _inner_cost(inner) -> str:
     if isinstance(inner, LBFGS):
         return f"<= {inner.steps} L-BFGS steps (1 gradient each + line-search evaluations)"
-    if isinstance(inner, InnerSVRG):
-        snaps = -(-inner.steps // max(1, inner.epoch))
+    if isinstance(inner, MINIBATCH_SOLVERS):
         auto = "" if inner.lr is not None else f" + {AUTO_DRAWS * POWER_ITERS} minibatch HVPs for lr = auto"
-        return (f"{2 * inner.steps} minibatch gradients (batch {inner.batch}) + {snaps} full gradients "
-                f"(snapshots){auto}")
+        if isinstance(inner, InnerSVRG):
+            snaps = -(-inner.steps // max(1, inner.epoch))
+            return (f"{2 * inner.steps} minibatch gradients (batch {inner.batch}) + {snaps} full gradients "
+                    f"(snapshots){auto}")
+        if isinstance(inner, InnerLSVRG):
+            return (f"{2 * inner.steps} minibatch gradients (batch {inner.batch}) + {inner.steps * inner.p:g} full "
+                    f"gradients in expectation (snapshots, probability p = {inner.p:g} per step) + 1 at the "
+                    f"start{auto}")
+        return (f"{inner.steps * inner.batch} item gradients ({inner.steps} steps x batch {inner.batch}) + n item "
+                f"gradients (the table, ~1 full gradient){auto}")
     auto = "" if inner.lr is not None else f" + {POWER_ITERS} HVPs for lr = auto"
     return f"<= {inner.steps} gradients{auto}"
 
@@ -316,7 +387,8 @@ class BoRepDecision(Transform):
                 f"{'the lower step' if alpha is None else f'{alpha:g}'}): biased by the stale, inexact y and the "
                 f"truncation ((1 - alpha mu)^{iters} relative); the upper variable moves by normalised momentum: "
                 f"solve by normalized(lr, beta); differences from the paper: exact lower-level gradients and "
-                f"Hessian-vector products (no minibatched sums inside the argmin), the refinement is the inner "
+                f"Hessian-vector products (the sums inside the argmin are full; minibatch one for stochastic "
+                f"updates and HVPs), the refinement is the inner "
                 f"solver; exact evaluations solve the inner problem from `= init`")
         cost = (f"per outer step: {iters - 1} HVPs (Neumann) + gradients of f and g at y; every {period}th step "
                 f"also {steps} gradients of g (amortised {steps / period:g} per step); once: the refinement"
@@ -329,8 +401,9 @@ class BoRepDecision(Transform):
 def refuse_stochastic_inner(cp, choices: dict) -> None:
     """E391 for a sampled estimator (minibatched sum, sampled expectation) inside a decision binder's body,
     unless the binder is estimated by ``penalty`` (first order: sampled inner sums are unbiased there) or
-    the sampled estimator is a minibatched sum and the binder is estimated by ``implicit(linsolve = neumann)``:
-    that binder's choice is then replaced in ``choices`` by stocBiO (:func:`_stochastic_implicit`).  E302 for
+    the sampled estimator is a minibatched sum and the binder is estimated by ``implicit(linsolve = neumann)``
+    or ``borep``: that binder's choice is then replaced in ``choices`` by stocBiO (:func:`_stochastic_implicit`)
+    or stochastic BO-REP (:func:`_stochastic_borep`).  E302 for
     ``steps``/``lr`` of ``implicit`` without a minibatched inner sum (they apply only there)."""
     from vrlang.estimators.expectation import EnumEstimate
 
@@ -355,6 +428,9 @@ def refuse_stochastic_inner(cp, choices: dict) -> None:
                 if implicit and c.kind == "index" and choice.options["stochastic"]["linsolve"] == "neumann":
                     stochastic.setdefault(node.binder, inner.binder)
                     continue
+                if isinstance(getattr(choice, "plan", None), BoRep) and c.kind == "index":
+                    stochastic.setdefault(node.binder, inner.binder)  # SGD lower updates, minibatch HVPs
+                    continue
                 what = "minibatched sum" if c.kind == "index" else "sampled expectation"
                 span = c.spec.span or inner.span
                 fix = (f"estimate {node.binder} by implicit(linsolve = neumann, iters = 50) (stocBiO: minibatch "
@@ -363,7 +439,8 @@ def refuse_stochastic_inner(cp, choices: dict) -> None:
                        if c.kind == "index" else
                        f"estimate {inner.binder} by enum if its support is finite, or move the expectation out of "
                        f"the {node.op}, or estimate {node.binder} by penalty")
-                avail = ("`penalty` and `implicit(linsolve = neumann)`" if c.kind == "index" else "`penalty`")
+                avail = ("`penalty`, `borep` and `implicit(linsolve = neumann)`" if c.kind == "index" else
+                         "`penalty`")
                 raise VrEstimatorError("E391", f"the {what} `{inner.binder}` ({c.spec}) is inside the inner problem "
                                        f"of {node.op}(`{node.binder}` ...): stochastic inner problems of this kind "
                                        f"are available with {avail} only in this version", span, fix)
@@ -376,15 +453,38 @@ def refuse_stochastic_inner(cp, choices: dict) -> None:
                                            c.spec.arg_spans.get(arg) or c.spec.span,
                                            "the exact inner solve is set by `inner = sgd(steps = k)` or lbfgs")
     for b, inner_binder in stochastic.items():
-        choices[b] = _stochastic_implicit(choices[b], inner_binder)
+        stoch = _stochastic_borep if isinstance(choices[b].plan, BoRep) else _stochastic_implicit
+        choices[b] = stoch(choices[b], inner_binder)
 
 
 _STATEFUL_ONLY = (Penalty, BoRep, StochasticImplicit)
 
 
+def check_inner_saga(cp, choices: dict) -> None:
+    """E391 unless the inner problem of an ``implicit(inner = saga(...))`` binder has exactly one outermost
+    finite sum (SAGA's items; its table is per item); names that sum's size in the choice's memory text."""
+    for node in (n for r in (cp.objective, *cp.reports.values()) for n in N.walk(r)):
+        c = choices.get(node.binder) if isinstance(node, N.Decision) else None
+        if c is None or not isinstance(getattr(c.plan, "inner", None), InnerSAGA):
+            continue
+        sums = N.outermost_sums(node.body)
+        if len(sums) != 1:
+            found = (f"{len(sums)} sums ({', '.join(f'`{s.binder}`' for s in sums)})" if sums else "no finite sum")
+            raise VrEstimatorError("E391", f"inner = saga samples the items of one finite sum, but the inner problem "
+                                   f"of `{node.binder}` has {found} outside any other sum",
+                                   c.spec.arg_spans.get("inner") or c.spec.span,
+                                   "use inner = svrg(steps = k) or lsvrg(steps = k) (each sum drawn on its own "
+                                   "minibatch), or write the inner problem as one sum")
+        n = f"{sums[0].hi}" if sums[0].lo == 0 else f"({sums[0].hi} - {sums[0].lo})"
+        table = f"{n} x dim v numbers (the items of `{sums[0].binder}`)"
+        choices[node.binder] = replace(c, memory=c.memory.replace("n x dim v numbers (n the items of the inner sum)",
+                                                                  table))
+
+
 def check_decisions(cp, choices: dict) -> None:
     """Every compile-time check of the decision binders' estimators (E391, E393, E302)."""
     refuse_stochastic_inner(cp, choices)
+    check_inner_saga(cp, choices)
     methods = {b: c for b, c in choices.items() if isinstance(c.plan, _STATEFUL_ONLY)}
     if not methods:
         return
