@@ -51,3 +51,17 @@ def test_exact_implicit_counts_the_argmin_once_not_per_validation_row(data):
     M * N as the plain count of the nested sums gave."""
     est = vrlang.compile(RIDGE, x64=True).gradient_estimator(data)
     assert est.evals_per_step == M + N
+
+
+def test_unroll_penalty_borep_count_their_static_inner_iterations(data):
+    """Per step, with every sum exact (M = 40 validation rows, N = 50 training rows):
+    unroll(steps = 7): 7 gradients forward + 7 x (recomputed step + its VJP, an HVP = 2) backward = 28 of g;
+    penalty(steps = 2): 2 x (grad g at z + grad (f/s + g) at y) + f(y) + g(y) + g(z) = 6 of g and 3 of f;
+    borep(period = 4, steps = 8, iters = 6): 8/4 amortised + 5 HVPs + the mixed derivative (2) + 1 = 15 of g."""
+    def evals(spec, solver=None):
+        return vrlang.compile(RIDGE, estimators={"v": spec}, solver=solver, x64=True).gradient_estimator(data).evals_per_step
+
+    assert evals("unroll(steps = 7, lr = 0.1)") == M + 28 * N
+    assert evals("unroll(steps = 7)") == M + (28 + 60) * N  # lr = auto: 30 power-iteration HVPs per solve
+    assert evals("penalty(steps = 2, lr = 0.1)") == 3 * M + 6 * N
+    assert evals("borep(period = 4, steps = 8, iters = 6, lr = 0.1)", "normalized(lr = 0.01)") == M + 15 * N

@@ -73,11 +73,11 @@ def _draws(prog, data, params, y, count, seed):
 def test_stochastic_neumann_hypergradient_is_unbiased_for_the_truncated_hypergradient(data):
     """Given y* (state set to it, steps = 0), the mean of the stocBiO estimates matches the Q-term
     truncated-Neumann hypergradient (alpha from the state) per coordinate.  Power: DRAWS estimates (one
-    vmapped batch: compiling dominates, the draws cost ~1 s on the 2-core CI machine) make 4 standard
+    vmapped batch: compiling dominates, the draws cost 1-4 s on the shared 2-core machine) make 4 standard
     errors of every coordinate smaller than 1% of the gradient norm (asserted), and the same test rejects
     (a) the estimates shrunk by 1%, (b) a variant in which only the first two Neumann factors share a
     minibatch (E[(I - a H_B)^2] != (I - a H)^2; measured 8% off) and (c) one minibatch for all factors
-    (17% off), the variants on the first 4000 of the same keys (common random numbers)."""
+    (17% off), the variants on 4000 draws."""
     prog = vrlang.compile(WEIGHTED, x64=True)
     assert not prog.choices["v"].unbiased
     params = {"lam": 0.8, "u": np.linspace(-1.0, 1.0, N)}
@@ -120,7 +120,7 @@ def test_stochastic_neumann_hypergradient_is_unbiased_for_the_truncated_hypergra
     try:
         for first in (2, Q):
             SI.stochastic_neumann = sharing(first)
-            bad, _, _ = _draws(vrlang.compile(WEIGHTED, x64=True), data, params, y, 4000, 7)  # the first 4000 keys
+            bad, _, _ = _draws(vrlang.compile(WEIGHTED, x64=True), data, params, y, 4000, 7)
             assert max_z(bad) > 8, first
     finally:
         SI.stochastic_neumann = orig
@@ -219,7 +219,7 @@ def neumann_reference(inner, outer, y, x, alpha, terms):
     return -jax.grad(lambda xx: jnp.dot(jax.grad(inner)(y, xx), v))(x)
 
 
-def test_stochastic_neumann_on_a_multiblock_problem_is_unbiased(data):
+def test_stochastic_neumann_on_a_multiblock_problem_is_unbiased():
     """The multi-task ridge problem of tests/test_binder_state.py with the inner mean written as a sum over
     rows, minibatched (stocBiO) inside the sampled sum over tasks: with every block's state at its exact
     solution, the mean of many estimates is the mean over tasks of each task's Q-term truncated-Neumann

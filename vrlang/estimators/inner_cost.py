@@ -16,23 +16,37 @@ sums down to the home; 1 at the root), :math:`C_d` the plain count of :math:`d`'
 extra evaluations of the inner objective per solve (:func:`extra_evaluations`).  A Hessian-vector
 product counts as 2 gradients.
 
-Counted (:math:`e_d`): stocBiO (``implicit(linsolve = neumann)`` with a minibatched inner sum,
-:mod:`vrlang.estimators.stochastic_implicit`): ``steps`` minibatch gradient steps + the stochastic
-Neumann series run twice (the forward pass evaluates it on a zero vector, the backward pass on
-:math:`\nabla_y f`), :math:`2 (Q - 1)` HVPs, + the mixed second derivative of the cross term (2)
-beyond the cross-term gradient itself; for ``min``/``max`` value functions, ``steps``.
+Counted (:math:`e_d`, in gradients of the inner objective :math:`g`, beyond the one counted):
+
+* stocBiO (``implicit(linsolve = neumann)`` with a minibatched inner sum,
+  :mod:`vrlang.estimators.stochastic_implicit`): ``steps`` minibatch gradient steps + the stochastic
+  Neumann series run twice (the forward pass evaluates it on a zero vector, the backward pass on
+  :math:`\nabla_y f`), :math:`2 (Q - 1)` HVPs, + 2 for the mixed second derivative of the cross term;
+  for ``min``/``max`` value functions, ``steps``;
+* ``unroll(steps)``: ``steps`` gradients forward, and per step backward the checkpointed step
+  recomputed (1) and its vector-Jacobian product (an HVP, 2): :math:`4 \cdot steps - 1`, + 60 for
+  ``lr = auto`` (30 power-iteration HVPs per solve);
+* ``penalty(steps)``: per tracking step a gradient of :math:`g` at ``z`` and of :math:`f/\sigma + g`
+  at ``y``, and the x-gradient's second evaluation of :math:`g`: :math:`2 \cdot steps + 1` of
+  :math:`g`, and ``steps`` more evaluations of the home body :math:`f` (counted as the home body's
+  plain count);
+* ``borep(period, steps, iters = Q)``: ``steps / period`` (amortised) + :math:`2 (Q - 1)` (the
+  Neumann HVPs of the backward pass) + 2 (mixed second derivative).
 
 Not counted (:math:`e_d = 0`, the inner objective counted once per solve): the tolerance-stopped
-exact inner solvers of ``implicit`` (``sgd``/``lbfgs``/``svrg`` inner solvers and ``cg``; the number
-of iterations is decided at run time and not reported out of the traced solve), ``unroll``,
-``penalty``, ``borep``, and the automatic step sizes computed once at the initial state.  Decision
-binders nested inside another one's inner problem are counted with its body.  Outer estimators of
-the variance-reduced families (svrg, saga, ...) keep their own cost formulas, without the inner
-iterations.
+exact inner solves of ``implicit`` (``sgd``/``lbfgs``/``svrg`` inner solvers with ``cg``, ``neumann``
+or ``direct``: the number of inner iterations is decided at run time and is not reported out of the
+traced solve, so the whole method is left at one gradient rather than half counted) and the
+automatic step sizes computed once at the initial state.  Decision binders nested inside another
+one's inner problem are counted with its body.  Outer estimators of the variance-reduced families
+(svrg, saga, ...) keep their own cost formulas, without the inner iterations.
 """
 
 from __future__ import annotations
 
+from vrlang.estimators.bilevel import POWER_ITERS, Unroll
+from vrlang.estimators.borep import BoRep
+from vrlang.estimators.penalty import Penalty
 from vrlang.estimators.stochastic_implicit import StochasticImplicit
 from vrlang.ir import homes as H
 from vrlang.ir import nodes as N
@@ -46,7 +60,19 @@ def extra_evaluations(choice) -> float:
         if choice.options.get("stochastic", {}).get("values_only"):
             return float(plan.steps)
         return float(plan.steps + 4 * (plan.iters - 1) + 2)
+    if isinstance(plan, Unroll):
+        return float(4 * plan.inner.steps - 1 + (2 * POWER_ITERS if plan.inner.lr is None else 0))
+    if isinstance(plan, Penalty):
+        return float(2 * plan.steps + 1)
+    if isinstance(plan, BoRep):
+        return plan.steps / plan.period + 2.0 * (plan.iters - 1) + 2.0
     return 0.0
+
+
+def extra_home_evaluations(choice) -> float:
+    """Extra evaluations of the decision's home body per step (``penalty``'s tracking gradients of f)."""
+    plan = getattr(choice, "plan", None)
+    return float(plan.steps) if isinstance(plan, Penalty) else 0.0
 
 
 def _plain(node: N.Node, sizes: dict, memo: set, skip: frozenset = frozenset()) -> int:
@@ -92,11 +118,17 @@ def step_evaluations(root: N.Node, sizes: dict, choices: dict) -> float:
             counted[b] = 1
         elif isinstance(home, N.Sum) and id(home) in mult:
             counted[b] = mult[id(home)]
-    total = float(_plain(root, sizes, set(), frozenset(id(decisions[b]) for b in counted)))
+    skip = frozenset(id(decisions[b]) for b in counted)
+    total = float(_plain(root, sizes, set(), skip))
     for b, m in counted.items():
         body = max(1, _plain(decisions[b].body, sizes, set()))
         total += m * (1.0 + extra_evaluations(choices.get(b))) * body
+        again = extra_home_evaluations(choices.get(b))
+        if again:  # the home body (f), per home item: the root's plain count, or the home sum's body
+            home = homes.get(b)
+            total += again * (_plain(root, sizes, set(), skip) if home is None
+                              else m * max(1, _plain(home.body, sizes, set(), skip)))
     return max(1.0, total)
 
 
-__all__ = ["extra_evaluations", "step_evaluations"]
+__all__ = ["extra_evaluations", "extra_home_evaluations", "step_evaluations"]

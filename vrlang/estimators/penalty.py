@@ -69,8 +69,8 @@ How it maps onto vrlang (:mod:`vrlang.backend.lower`, ``Interpreter._penalised``
   (and the :math:`\alpha_k\lambda_k^2` variance of the x-gradient, :math:`k^{-3/7}`): an
   :math:`\epsilon`-stationary point (:math:`\|\nabla F\|^2 \le \epsilon`) in :math:`O(\epsilon^{-7/2})`
   iterations.  ``decay = true`` is that design: :math:`c = 4/7` and, unless ``growth`` is given,
-  :math:`r = a - c = 1/7`.  The x step :math:`\alpha_k \propto k^{-5/7}` is the outer solver's, whose
-  step is constant in this version (``sgd``/``adam``): a difference from the paper.  *Bias and
+  :math:`r = a - c = 1/7`.  The x step :math:`\alpha_k \propto k^{-5/7}` is the outer solver's:
+  ``solve by sgd(lr = c, decay = 0.714)`` (:mod:`vrlang.solvers.spec`).  *Bias and
   cost*: the schedule changes neither the cost per step nor the bias at a given :math:`\sigma_t`
   (still :math:`O(1/\sigma_t)`, now shrinking like :math:`t^{-1/7}` with ``decay = true``); what it
   removes is the noise floor of the tracked pair -- with constant steps and minibatched sums ``y``,
@@ -142,7 +142,8 @@ class Penalty(eqx.Module):
     ``growth``: the penalty schedule (numbers or const names); ``lr``: the tracking step (``None`` =
     auto, 1/L); ``steps``: tracking steps per outer step (0: none -- ``y``, ``z`` stay where the
     state has them); ``decay``: the tracking steps of outer step ``t`` are ``lr * (1 + t)^-decay``
-    (0: constant; F2SA's design with noise at both levels: 4/7, with ``growth = 1/7``).
+    (0: constant; F2SA's design with noise at both levels: 4/7, with ``growth = 1/7``; a number or a
+    const name, traced like ``sigma``).
     """
 
     inner: eqx.Module = LBFGS()
@@ -150,7 +151,7 @@ class Penalty(eqx.Module):
     growth: float | str = eqx.field(static=True, default=0.0)
     lr: float | str | None = eqx.field(static=True, default=None)
     steps: int = eqx.field(static=True, default=1)
-    decay: float = eqx.field(static=True, default=0.0)
+    decay: float | str = eqx.field(static=True, default=0.0)
 
     @property
     def stateful(self) -> bool:
@@ -245,7 +246,7 @@ class Penalty(eqx.Module):
         if steps:
             s_frozen = sg(s)
             if self.decay:  # F2SA's decreasing tracking steps: gamma_t = gamma (1 + t)^-decay
-                shrink = (1.0 + t.astype(dtype)) ** (-self.decay)
+                shrink = (1.0 + t.astype(dtype)) ** (-_resolve(self.decay, home.consts))
                 lr_y, lr_z = lr_y * shrink, lr_z * shrink
 
             def step(k, carry):

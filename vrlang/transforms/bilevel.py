@@ -286,9 +286,9 @@ class PenaltyDecision(Transform):
                 f"with y tracking argmin f/sigma + g and z tracking argmin g (binder state, one pair per block "
                 f"inside a sum); f is the body of the argmin's home (the innermost enclosing binder it uses, or "
                 f"the objective); {sched}; per step {steps} gradient step(s) on z and y with lr = {lr_text}"
-                + ("" if not decay else f", decreasing as (1 + t)^-{decay:.4g} (F2SA's step-size design"
-                   + (": tracking steps ~ t^-4/7, sigma ~ t^1/7; the x step ~ t^-5/7 of the paper is the outer "
-                      "solver's, constant here" if spec.args.get("decay") is True else "")
+                + ("" if not decay else f", decreasing as (1 + t)^-{show(decay) if isinstance(decay, str) else f'{decay:.4g}'} (F2SA's step-size design"
+                   + (": tracking steps ~ t^-4/7, sigma ~ t^1/7; the paper's x step ~ t^-5/7 is the outer "
+                      "solver's: solve by sgd(lr, decay = 0.714)" if spec.args.get("decay") is True else "")
                    + "; same cost and same O(1/sigma_t) bias per step, no noise floor of the tracked y, z)")
                 + f"; "
                 f"minibatched sums inside the inner and outer objectives give unbiased estimates of the penalty "
@@ -303,13 +303,16 @@ class PenaltyDecision(Transform):
         return EstimatorChoice(binder.name, binder.kind, spec, False, cost, memory, note, family="full", plan=plan)
 
 
-def _decay(spec: Spec) -> float:
-    """``decay`` of ``penalty``: ``true`` (F2SA's 4/7), ``false``/absent (0: constant steps) or a number in [0, 1]."""
+def _decay(spec: Spec) -> float | str:
+    """``decay`` of ``penalty``: ``true`` (F2SA's 4/7), ``false``/absent (0: constant steps), a number in
+    [0, 1] or the name of a real scalar const (traced; checked by :func:`check_decisions`)."""
     v = spec.args.get("decay", False)
     if v is True:
         return F2SA_DECAY
     if v is False or (not isinstance(v, Spec) and v == 0):
         return 0.0
+    if isinstance(v, Spec) and not v.args and v.name != "auto":
+        return v.name
     return number(spec, "decay", 0.0, upper=1.0)
 
 
@@ -414,7 +417,7 @@ def check_decisions(cp, choices: dict) -> None:
                 raise VrEstimatorError("E391", f"`{b}` is estimated by {name} inside the inner problem of "
                                        f"`{node.binder}`: nested {name} is not available in this version",
                                        c.spec.span, f"estimate {b} by implicit")
-        for arg in ("sigma", "growth", "lr"):
+        for arg in ("sigma", "growth", "lr", "decay"):
             v = getattr(c.plan, arg, None)
             if isinstance(v, str):
                 const = cp.consts.get(v)
