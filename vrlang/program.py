@@ -29,6 +29,7 @@ from vrlang.check.checker import check
 from vrlang.check.program import CheckedProgram
 from vrlang.errors import VrDataError, VrError, VrEstimatorError, VrTypeError, VrWarning
 from vrlang.estimators.base import CompiledObjective
+from vrlang.estimators import inner_cost
 from vrlang.estimators.binder_state import StatefulGradient
 from vrlang.estimators.finite_sum import (FullGradient, LSVRGGLMGradient, LSVRGGradient, MinibatchGradient,
                                           PAGEGradient, SAGAGLMGradient, SAGAGradient, SARAHGradient, SPIDERGradient,
@@ -190,6 +191,10 @@ class Program:
         eff = {b: (c.sampler.batch if c.sampler is not None else sizes.get(b, 1)) for b, c in self.choices.items()}
         eff = {**sizes, **{b: v for b, v in eff.items() if b in sizes}}
         sampled_evals = max(1, _count(root, eff, {}))
+        # grad_evals per step with decision binders: once per home item, with static inner iterations
+        step_evals = ((inner_cost.step_evaluations(root, sizes, self.choices),
+                       inner_cost.step_evaluations(root, eff, self.choices))
+                      if any(isinstance(n, N.Decision) for n in N.walk(root)) else None)
         reports = _ReportFn(cp.reports.keys(), cp.reports.values(), dims, interp, plans) if cp.reports else None
         # SPIDER's restart: each sampled sum with a `large_batch` drawn at that size, the others exact
         large = {b: c.sampler.with_batch(c.options["large_batch"]) for b, c in self.choices.items()
@@ -216,7 +221,7 @@ class Program:
                 "sampled_evals": sampled_evals, "sizes": sizes, "large_objective": large_objective,
                 "large_evals": large_evals, "objective_at": objective_at, "node_sizes": node_sizes,
                 "dims": dims, "structured": structured.lower(cp, self.choices, dims, interp),
-                "objective_state": objective_state}
+                "objective_state": objective_state, "step_evals": step_evals}
 
     def _objective_module(self, fns, jdata, jconsts) -> CompiledObjective:
         # importance sampling: the weights are evaluated on the data once, here (E430 when unusable)
@@ -228,14 +233,16 @@ class Program:
     def _estimator(self, fns, obj: CompiledObjective):
         families = {c.family for c in self.choices.values() if c.kind == "index"} - {"full"}
         stateful = obj.fn_state is not None  # warm starts: threaded through the full and sgd families
+        # grad_evals per step of the full/sgd families (decision binders: vrlang.estimators.inner_cost)
+        exact_step, sampled_step = fns.get("step_evals") or (float(fns["exact_evals"]), float(fns["sampled_evals"]))
         if not families:
             if any(_stochastic(c) for c in self.choices.values()):  # sampled expectations: a fresh key per step
                 if stateful:
-                    return StatefulGradient(obj, float(fns["exact_evals"]), 1)
-                return MinibatchGradient(obj, float(fns["exact_evals"]), 1)
+                    return StatefulGradient(obj, exact_step, 1)
+                return MinibatchGradient(obj, exact_step, 1)
             if stateful:
-                return StatefulGradient(obj, float(fns["exact_evals"]), 1, exact=True)
-            return FullGradient(obj, float(fns["exact_evals"]), 1)
+                return StatefulGradient(obj, exact_step, 1, exact=True)
+            return FullGradient(obj, exact_step, 1)
         spe = max(1, math.ceil(fns["exact_evals"] / fns["sampled_evals"]))
         needs = [b for b, c in self.choices.items() if getattr(c.plan, "requires_state", False)]
         if needs and families != {"sgd"}:
@@ -246,8 +253,8 @@ class Program:
                                    "estimate the sums around it by sgd or full, or use baseline = loo")
         if families == {"sgd"}:
             if stateful:
-                return StatefulGradient(obj, float(fns["sampled_evals"]), spe)
-            return MinibatchGradient(obj, float(fns["sampled_evals"]), spe)
+                return StatefulGradient(obj, sampled_step, spe)
+            return MinibatchGradient(obj, sampled_step, spe)
         if families == {"svrg"}:
             epochs = {c.options.get("epoch") for c in self.choices.values() if c.family == "svrg"}
             if len(epochs) > 1:

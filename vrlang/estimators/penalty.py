@@ -57,6 +57,26 @@ How it maps onto vrlang (:mod:`vrlang.backend.lower`, ``Interpreter._penalised``
 * **Schedule.**  :math:`\sigma_t = \sigma\,(1 + t)^{r}` with ``growth = r`` (0: constant), ``t`` the
   number of steps the home item has taken (a block's own clock).  ``sigma`` and ``growth`` may name
   a scalar ``const`` of the program: they are then traced, and a new value does not recompile.
+* **Decreasing tracking steps** (``decay = c``; default 0, constant steps).  The tracking steps of
+  outer step ``t`` are :math:`\gamma_t = \gamma\,(1 + t)^{-c}` for ``z`` and
+  :math:`\gamma_{y,t} = \gamma_y (1 + t)^{-c}` for ``y`` (all ``steps`` inner steps of one outer step
+  use the same step, as in F2SA's inner loop).  F2SA (Kwon et al. 2023, Algorithm 1 and its step-size
+  design) takes :math:`\gamma_k \propto k^{-c}` for ``z``, :math:`\alpha_k \propto k^{-a}` for ``x``
+  and ``y`` (on :math:`f + \lambda_k g`, i.e. :math:`\alpha_k\lambda_k \propto \gamma_k` on the scale of
+  :math:`g`, which is what :math:`\gamma_{y,t}` is here), and :math:`\lambda_k = \sigma_k \propto
+  k^{a - c}`; with noise in both levels :math:`a = 5/7`, :math:`c = 4/7`, which balances the descent
+  term :math:`1/(K\alpha_K) = K^{-2/7}` against the squared penalty bias :math:`1/\lambda_K^2 = K^{-2/7}`
+  (and the :math:`\alpha_k\lambda_k^2` variance of the x-gradient, :math:`k^{-3/7}`): an
+  :math:`\epsilon`-stationary point (:math:`\|\nabla F\|^2 \le \epsilon`) in :math:`O(\epsilon^{-7/2})`
+  iterations.  ``decay = true`` is that design: :math:`c = 4/7` and, unless ``growth`` is given,
+  :math:`r = a - c = 1/7`.  The x step :math:`\alpha_k \propto k^{-5/7}` is the outer solver's:
+  ``solve by sgd(lr = c, decay = 0.714)`` (:mod:`vrlang.solvers.spec`).  *Bias and
+  cost*: the schedule changes neither the cost per step nor the bias at a given :math:`\sigma_t`
+  (still :math:`O(1/\sigma_t)`, now shrinking like :math:`t^{-1/7}` with ``decay = true``); what it
+  removes is the noise floor of the tracked pair -- with constant steps and minibatched sums ``y``,
+  ``z`` hover at a distance :math:`O(\sqrt{\gamma})` from their targets, with decaying steps the
+  distance keeps shrinking (like :math:`\sqrt{\gamma_t}` once the tracking has caught up), at the
+  price of slower tracking when ``x`` moves fast.
 * **Exact evaluations** (the logged objective, ``Program.objective``/``grad``, ``lbfgs``) solve
   :math:`z^*` and :math:`y_\sigma` (:math:`\sigma = \sigma_0`) with ``inner`` from ``init`` and return
   the true objective's value :math:`B(x, z^*)` with the penalty gradient
@@ -121,7 +141,9 @@ class Penalty(eqx.Module):
     ``inner``: the solver of the exact solves (initial state, exact evaluations); ``sigma``,
     ``growth``: the penalty schedule (numbers or const names); ``lr``: the tracking step (``None`` =
     auto, 1/L); ``steps``: tracking steps per outer step (0: none -- ``y``, ``z`` stay where the
-    state has them).
+    state has them); ``decay``: the tracking steps of outer step ``t`` are ``lr * (1 + t)^-decay``
+    (0: constant; F2SA's design with noise at both levels: 4/7, with ``growth = 1/7``; a number or a
+    const name, traced like ``sigma``).
     """
 
     inner: eqx.Module = LBFGS()
@@ -129,6 +151,7 @@ class Penalty(eqx.Module):
     growth: float | str = eqx.field(static=True, default=0.0)
     lr: float | str | None = eqx.field(static=True, default=None)
     steps: int = eqx.field(static=True, default=1)
+    decay: float | str = eqx.field(static=True, default=0.0)
 
     @property
     def stateful(self) -> bool:
@@ -222,6 +245,9 @@ class Penalty(eqx.Module):
         s = self.sigma_at(home.consts, t.astype(dtype))
         if steps:
             s_frozen = sg(s)
+            if self.decay:  # F2SA's decreasing tracking steps: gamma_t = gamma (1 + t)^-decay
+                shrink = (1.0 + t.astype(dtype)) ** (-_resolve(self.decay, home.consts))
+                lr_y, lr_z = lr_y * shrink, lr_z * shrink
 
             def step(k, carry):
                 yk, zk = carry
@@ -239,9 +265,15 @@ class Penalty(eqx.Module):
             y, z = jax.lax.fori_loop(0, steps, step, (y, z))
             y, z = sg(y), sg(z)
         value = self.lagrangian(home, unravel, y, z, s, home.key)
+        if state is not None:  # the state keeps the initial steps (the schedule is applied to them)
+            lr_y, lr_z = state["lr_y"], state["lr_z"]
         new = {"y": unravel(y), "z": unravel(z), "t": t + 1 if state is not None else t,
                "lr_y": jnp.asarray(lr_y, dtype), "lr_z": jnp.asarray(lr_z, dtype)}
         return value, new
 
 
-__all__ = ["HomeProblem", "Penalty", "problem"]
+#: ``decay = true``: F2SA's step-size design with noise at both levels (Kwon et al. 2023):
+#: tracking steps ~ k^-(4/7), sigma ~ k^(1/7) (the x step ~ k^-(5/7) is the outer solver's)
+F2SA_DECAY, F2SA_GROWTH = 4.0 / 7.0, 1.0 / 7.0
+
+__all__ = ["F2SA_DECAY", "F2SA_GROWTH", "HomeProblem", "Penalty", "problem"]

@@ -1,7 +1,8 @@
 """Outer solvers and stopping rules, from the ``solve by NAME(...)`` spec.
 
 ====================  =====================================================
-``sgd(lr, momentum)``  optax.sgd (heavy-ball momentum when given)
+``sgd(lr, momentum, decay)``  optax.sgd (heavy-ball momentum when given); step k is
+                       lr (1 + k)^-decay (default 0: constant)
 ``adam(lr)``           optax.adam
 ``lbfgs``              optax.lbfgs with zoom line search (deterministic: needs
                        ``full`` estimators)
@@ -30,7 +31,7 @@ SOLVERS = ("sgd", "adam", "lbfgs", "normalized")
 PLANNED = ("halpern",)
 STOP_ARGS = {"epochs": "", "steps": "", "tol": "", "time": ""}
 ARGS = {
-    "sgd": {"lr": "", "momentum": "", **STOP_ARGS},
+    "sgd": {"lr": "", "momentum": "", "decay": "", **STOP_ARGS},
     "adam": {"lr": "", "b1": "", "b2": "", **STOP_ARGS},
     "lbfgs": {"memory": "", **STOP_ARGS},
     "normalized": {"lr": "", "beta": "", **STOP_ARGS},
@@ -52,10 +53,11 @@ class SolverConfig:
     time: float | None
     spec: Spec
     beta: float = 0.9  # normalized: the momentum's averaging weight
+    decay: float = 0.0  # sgd: step k is lr * (1 + k)^-decay
 
     def hyper(self) -> dict:
         """The traced hyperparameters (changing them never recompiles)."""
-        return {"momentum": self.momentum, "b1": self.b1, "b2": self.b2, "beta": self.beta}
+        return {"momentum": self.momentum, "b1": self.b1, "b2": self.b2, "beta": self.beta, "decay": self.decay}
 
 
 def solver_config(spec: Spec) -> SolverConfig:
@@ -87,13 +89,16 @@ def solver_config(spec: Spec) -> SolverConfig:
         time=number(spec, "time", 1.0) if "time" in spec.args else None,
         spec=spec,
         beta=0.0 if spec.args.get("beta") == 0 else number(spec, "beta", 0.9, upper=0.999999),
+        decay=0.0 if spec.args.get("decay", 0) == 0 else number(spec, "decay", 0.0, upper=1.0),
     )
 
 
 def make_optimizer(name: str, lr, hyper: dict, memory: int) -> optax.GradientTransformation:
     """Build the optax transformation *inside* the traced solve: ``lr`` and ``hyper`` are tracers."""
     if name == "sgd":
-        return optax.chain(optax.trace(decay=hyper["momentum"]), optax.scale(-lr))
+        # step k: lr * (1 + k)^-decay (decay 0: constant; e.g. F2SA's x step ~ k^-5/7)
+        return optax.chain(optax.trace(decay=hyper["momentum"]), optax.scale_by_schedule(
+            lambda k: (1.0 + k.astype(lr.dtype)) ** -hyper["decay"]), optax.scale(-lr))
     if name == "adam":
         return optax.adam(lr, b1=hyper["b1"], b2=hyper["b2"])
     if name == "lbfgs":

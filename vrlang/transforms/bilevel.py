@@ -2,7 +2,7 @@
 
 ``implicit(linsolve = cg | neumann | direct, iters = k, inner = SOLVER, warm = true)`` (the default),
 ``unroll(steps = k, lr = c | auto)`` (runtime pieces in :mod:`vrlang.estimators.bilevel`),
-``penalty(sigma = s, growth = r, lr = c | auto, steps = k, inner = SOLVER)`` (F2SA,
+``penalty(sigma = s, growth = r, lr = c | auto, steps = k, inner = SOLVER, decay = c | true)`` (F2SA,
 :mod:`vrlang.estimators.penalty`) and ``borep(period = I, steps = N, lr = c | auto, iters = Q,
 alpha = a, inner = SOLVER)`` (BO-REP, :mod:`vrlang.estimators.borep`; with the outer solver
 ``normalized``).  Inner solvers: ``sgd(lr = c | auto, steps = k, tol = t)`` (gradient descent with
@@ -33,7 +33,7 @@ from vrlang.estimators.bilevel import (AUTO_DRAWS, CG, LBFGS, POWER_ITERS, Adam,
 from vrlang.estimators.borep import BoRep, StochasticBoRep
 from vrlang.estimators.inner_finite_sum import (DEFAULT_EPOCH, DEFAULT_P, MINIBATCH_SOLVERS, InnerLSVRG, InnerSAGA,
                                                InnerSVRG)
-from vrlang.estimators.penalty import Penalty
+from vrlang.estimators.penalty import F2SA_DECAY, F2SA_GROWTH, Penalty
 from vrlang.estimators.stochastic_implicit import StochasticImplicit
 from vrlang.estimators.spec import Spec, check_args, number
 from vrlang.ir import homes
@@ -338,10 +338,12 @@ class PenaltyDecision(Transform):
     kind, names = "decision", ("penalty",)
 
     def apply(self, binder, spec, sizes):
-        check_args(spec, {"sigma": "", "growth": "", "lr": "", "steps": "", "inner": ""}, "estimator")
+        check_args(spec, {"sigma": "", "growth": "", "lr": "", "steps": "", "inner": "", "decay": ""}, "estimator")
         _value_function_refused(binder, spec)
         sigma = _const_or_number(spec, "sigma", 100.0)
-        growth = _const_or_number(spec, "growth", 0.0, zero_ok=True)
+        decay = _decay(spec)
+        growth = _const_or_number(spec, "growth", F2SA_GROWTH if spec.args.get("decay") is True else 0.0,
+                                  zero_ok=True)
         lr = _const_or_number(spec, "lr", Spec("auto", {}), allow_auto=True)
         steps = 0 if spec.args.get("steps") == 0 else number(spec, "steps", 1, integer=True)
         inner, inner_text = inner_solver(spec.args.get("inner", DEFAULT_INNER), spec)
@@ -354,7 +356,12 @@ class PenaltyDecision(Transform):
                 f"first-order value-function penalty (F2SA): grad = d_x f(x, y) + sigma (d_x g(x, y) - d_x g(x, z)) "
                 f"with y tracking argmin f/sigma + g and z tracking argmin g (binder state, one pair per block "
                 f"inside a sum); f is the body of the argmin's home (the innermost enclosing binder it uses, or "
-                f"the objective); {sched}; per step {steps} gradient step(s) on z and y with lr = {lr_text}; "
+                f"the objective); {sched}; per step {steps} gradient step(s) on z and y with lr = {lr_text}"
+                + ("" if not decay else f", decreasing as (1 + t)^-{show(decay) if isinstance(decay, str) else f'{decay:.4g}'} (F2SA's step-size design"
+                   + (": tracking steps ~ t^-4/7, sigma ~ t^1/7; the paper's x step ~ t^-5/7 is the outer "
+                      "solver's: solve by sgd(lr, decay = 0.714)" if spec.args.get("decay") is True else "")
+                   + "; same cost and same O(1/sigma_t) bias per step, no noise floor of the tracked y, z)")
+                + f"; "
                 f"minibatched sums inside the inner and outer objectives give unbiased estimates of the penalty "
                 f"gradient; initial state and exact evaluations (the logged objective, Program.grad): y and z "
                 f"solved by {inner_text}, the true objective's value with the penalty gradient at sigma_0")
@@ -363,8 +370,21 @@ class PenaltyDecision(Transform):
                 + (f"; lr = auto: {2 * AUTO_DRAWS * POWER_ITERS} HVPs once" if lr == "auto" else "")
                 + "; exact evaluations: 2 inner solves")
         memory = "2 copies of v (y, z) + a step counter and 2 step sizes, per block inside a sum over blocks"
-        plan = Penalty(inner, sigma, growth, None if lr == "auto" else lr, steps)
+        plan = Penalty(inner, sigma, growth, None if lr == "auto" else lr, steps, decay)
         return EstimatorChoice(binder.name, binder.kind, spec, False, cost, memory, note, family="full", plan=plan)
+
+
+def _decay(spec: Spec) -> float | str:
+    """``decay`` of ``penalty``: ``true`` (F2SA's 4/7), ``false``/absent (0: constant steps), a number in
+    [0, 1] or the name of a real scalar const (traced; checked by :func:`check_decisions`)."""
+    v = spec.args.get("decay", False)
+    if v is True:
+        return F2SA_DECAY
+    if v is False or (not isinstance(v, Spec) and v == 0):
+        return 0.0
+    if isinstance(v, Spec) and not v.args and v.name != "auto":
+        return v.name
+    return number(spec, "decay", 0.0, upper=1.0)
 
 
 class BoRepDecision(Transform):
@@ -497,7 +517,7 @@ def check_decisions(cp, choices: dict) -> None:
                 raise VrEstimatorError("E391", f"`{b}` is estimated by {name} inside the inner problem of "
                                        f"`{node.binder}`: nested {name} is not available in this version",
                                        c.spec.span, f"estimate {b} by implicit")
-        for arg in ("sigma", "growth", "lr"):
+        for arg in ("sigma", "growth", "lr", "decay"):
             v = getattr(c.plan, arg, None)
             if isinstance(v, str):
                 const = cp.consts.get(v)
