@@ -1008,6 +1008,10 @@ def main(argv=None):
                     help="re-measure only part 1 (compiled vs hand-written) and/or part 3 (memory), keeping the "
                          "other parts from benchmarks/finite_sum_results.json; RESULTS.md says which part was "
                          "re-measured when")
+    ap.add_argument("--cpus", type=int, default=None,
+                    help="restrict the process (and its memory subprocesses) to this many CPU cores before JAX starts "
+                         "(its CPU thread pool is sized from them); scikit-learn runs on the same cores. Recorded as "
+                         "'usable' cores in RESULTS.md")
     ap.add_argument("--cells", default=None, metavar="NxD,...",
                     help="run only part 2 on these grid cells (e.g. 1e4x50,1e5x50,1e6x50; the (batch, lr) tuning "
                          "runs for each d present) and print its tables; RESULTS.md and "
@@ -1019,6 +1023,8 @@ def main(argv=None):
     ap.add_argument("--replot", action="store_true",
                     help="only redraw the plot from benchmarks/finite_sum_results.json (no measurement)")
     args = ap.parse_args(argv)
+    if args.cpus:  # before JAX creates its CPU client (it sizes its thread pool from the affinity)
+        os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:args.cpus])
     if args.platform:  # before any computation; the memory subprocesses inherit it through the environment
         os.environ["JAX_PLATFORMS"] = args.platform
         jax.config.update("jax_platforms", args.platform)
@@ -1046,7 +1052,7 @@ def main(argv=None):
     deadline = T_START + 60.0 * budget
     cmd = ".venv/bin/python benchmarks/finite_sum.py" + (" --quick" if args.quick else "") + \
         (f" --budget-min {args.budget_min:g}" if args.budget_min is not None else "") + \
-        (f" --platform {args.platform}" if args.platform else "")
+        (f" --platform {args.platform}" if args.platform else "") + (f" --cpus {args.cpus}" if args.cpus else "")
     res = {"command": cmd, "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
            "budget_min": budget, "machine": machine_info(), "not_run": []}
     log(f"machine: {res['machine']}")
@@ -1194,14 +1200,14 @@ def run_cells(args):
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     not_run = []
     p2, _ = _part2(grid, T_START + 60.0 * budget, budget, not_run, plot=False)
-    rec = {"command": "benchmarks/finite_sum.py --cells " + args.cells, "machine": m, "part2": p2,
+    rec = {"command": "benchmarks/finite_sum.py --cells " + args.cells + (f" --cpus {args.cpus}" if args.cpus else ""), "machine": m, "part2": p2,
            "not_run": not_run, "load_avg_end": list(os.getloadavg()), "total_s": time.perf_counter() - T_START}
     if args.out:
         Path(args.out).write_text(json.dumps(rec, indent=1, default=lambda o: o.tolist() if hasattr(o, "tolist")
                                              else str(o)))
     la, lb = m["load_avg_start"], rec["load_avg_end"]
     print(f"\nload average at start {la[0]:.2f}/{la[1]:.2f}/{la[2]:.2f}, at end {lb[0]:.2f}/{lb[1]:.2f}/{lb[2]:.2f}; "
-          f"commit {m['commit']}; total {rec['total_s'] / 60:.1f} min\n")
+          f"usable cores {m['usable_cores']} of {m['cores']}; commit {m['commit']}; total {rec['total_s'] / 60:.1f} min\n")
     print("\n".join(part2_lines(p2) + [f"- {x}" for x in not_run]))
 
 
@@ -1224,7 +1230,7 @@ def remeasure(args):
         mem_n, mem_d = (100_000, 50) if quick else (100_000, 500)
         saved["part3"] = bench_memory(mem_n, mem_d, T_START + 60.0 * budget)
     cmd = f".venv/bin/python benchmarks/finite_sum.py --only {args.only}" + \
-        (f" --platform {args.platform}" if args.platform else "")
+        (f" --platform {args.platform}" if args.platform else "") + (f" --cpus {args.cpus}" if args.cpus else "")
     saved.setdefault("remeasured", []).append({
         "parts": args.only, "command": cmd, "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
         "commit": m["commit"], "devices": m["devices"], "load_avg_start": m["load_avg_start"],
