@@ -446,10 +446,10 @@ VR_SPECS = {"svrg": "svrg(batch = {b})", "saga": "saga(batch = {b})", "lsvrg": "
 
 
 def tune_lrs(b: int) -> list:
-    """The lr grid for batch ``b``: powers of two from 0.5 up to ``b`` (0.5..16 at b = 16, ..256 at b = 256).
+    """The lr grid for batch ``b``: powers of two from 0.5 up to ``2 b`` (0.5..32 at b = 16, ..512 at b = 256).
     A minibatch's smoothness constant falls roughly like ``L_max / b`` until it reaches the full
     objective's, so the largest stable step grows with the batch; the grid grows with it."""
-    return [0.5 * 2.0 ** k for k in range(int(round(math.log2(b / 0.5))) + 1)]
+    return [0.5 * 2.0 ** k for k in range(int(round(math.log2(2 * b / 0.5))) + 1)]
 
 
 def tune_try(spec, lr, X, y, lam, epochs, fstar):
@@ -487,6 +487,7 @@ def tune_batch_lr(X, y, lam, templates, batches, epochs, fstar, deadline):
         else:
             best = {"batch": batches[0], "lr": 1.0}
         out[name] = {"batch": best["batch"], "lr": best["lr"], "spec": template.format(b=best["batch"]),
+                     "at_grid_edge": best["lr"] in (tune_lrs(best["batch"])[0], tune_lrs(best["batch"])[-1]),
                      "tries": tries}
         per_b = "; ".join(f"b {b}: " + ", ".join(f"{t['lr']:g}:{t['epochs_to_target']}" for t in tries
                                                 if t["batch"] == b) for b in batches)
@@ -1121,7 +1122,9 @@ def _part2(grid, deadline, budget, not_run, plot=True):
             not_run.append(f"grid cell n = {n}, d = {d}: out of memory")
             continue
         cells[key] = cell
-    lr_note = "; ".join(f"d = {d}: " + ", ".join(f"{name} batch {t['batch']} lr {t['lr']:g}" for name, t in tu.items())
+    lr_note = "; ".join(f"d = {d}: " + ", ".join(f"{name} batch {t['batch']} lr {t['lr']:g}"
+                                                 + (" (at the edge of its grid)" if t["at_grid_edge"] else "")
+                                                 for name, t in tu.items())
                         for d, tu in tuned.items())
     grids = ", ".join(f"batch {b}: {{{', '.join(f'{x:g}' for x in tune_lrs(b))}}}" for b in TUNE_BATCHES)
     note = (
