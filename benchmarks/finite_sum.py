@@ -439,30 +439,59 @@ def bench_compiled_vs_hand(n, d, b, lr, epochs, repeats, lam, deadline):
 # ============================================================ 2. time to 1e-6 (grid)
 
 
-def tune_lr(X, y, lam, specs, lrs, epochs, fstar, deadline):
-    """Pick, per spec, the lr reaching TARGET in the fewest epochs (ties: least history time; else the
-    lowest final suboptimality) on this problem; returns {spec: (lr, table of tries)}."""
+# the part-2 tuning grid: (batch, lr) jointly, once per d on the n = 1e4 problem
+TUNE_BATCHES = (16, 64, 256)
+TUNE_EPOCHS = 40
+VR_SPECS = {"svrg": "svrg(batch = {b})", "saga": "saga(batch = {b})", "lsvrg": "lsvrg(batch = {b})"}
+
+
+def tune_lrs(b: int) -> list:
+    """The lr grid for batch ``b``: powers of two from 0.5 up to ``2 b`` (0.5..32 at b = 16, ..512 at b = 256).
+    A minibatch's smoothness constant falls roughly like ``L_max / b`` until it reaches the full
+    objective's, so the largest stable step grows with the batch; the grid grows with it."""
+    return [0.5 * 2.0 ** k for k in range(int(round(math.log2(2 * b / 0.5))) + 1)]
+
+
+def tune_try(spec, lr, X, y, lam, epochs, fstar):
+    res, _ = vr_solve(spec, f"sgd(lr = {lr}, epochs = {epochs})", X, y, lam)
+    sub = rel_sub(res.history["objective"], fstar)
+    k = first_reach(sub)
+    dt = np.diff(res.history["time"])
+    return {"lr": lr, "epochs_to_target": k,
+            "time_to_target": float(res.history["time"][k]) if k is not None else None,
+            # the tie-break: epochs x the run's median time per epoch (all its epochs), steadier than one
+            # reading of the clock on a shared machine
+            "est_time_to_target": float(k * np.median(dt)) if k is not None and dt.size else None,
+            "final_sub": float(sub[-1]) if np.isfinite(sub[-1]) else float("inf"), "status": res.status}
+
+
+def tune_batch_lr(X, y, lam, templates, batches, epochs, fstar, deadline):
+    """Pick, per method, the (batch, lr) reaching TARGET in the fewest epochs within ``epochs`` (ties: least
+    time, estimated as epochs x the run's median time per epoch; if none reaches it, the lowest final
+    suboptimality), over ``batches`` x ``tune_lrs(b)``.
+    Returns {name: {"batch", "lr", "spec", "tries": [{"batch", "lr", "epochs_to_target", ...}]}}."""
     out = {}
-    for spec in specs:
+    for name, template in templates.items():
         tries = []
-        for lr in lrs:
-            if time.perf_counter() > deadline:
-                break
-            res, _ = vr_solve(spec, f"sgd(lr = {lr}, epochs = {epochs})", X, y, lam)
-            sub = rel_sub(res.history["objective"], fstar)
-            k = first_reach(sub)
-            tries.append({"lr": lr, "epochs_to_target": k,
-                          "time_to_target": float(res.history["time"][k]) if k is not None else None,
-                          "final_sub": float(sub[-1]) if np.isfinite(sub[-1]) else float("inf")})
+        for b in batches:
+            spec = template.format(b=b)
+            for lr in tune_lrs(b):
+                if time.perf_counter() > deadline:
+                    break
+                tries.append({"batch": b, **tune_try(spec, lr, X, y, lam, epochs, fstar)})
         reached = [t for t in tries if t["time_to_target"] is not None]
         if reached:
-            best = min(reached, key=lambda t: (t["epochs_to_target"], t["time_to_target"]))
+            best = min(reached, key=lambda t: (t["epochs_to_target"], t["est_time_to_target"]))
         elif tries:
             best = min(tries, key=lambda t: t["final_sub"])
         else:
-            best = {"lr": lrs[len(lrs) // 2]}
-        out[spec] = (best["lr"], tries)
-        log(f"[2] tuned {spec}: lr = {best['lr']}  ({', '.join(str(t['lr']) + ':' + str(t['epochs_to_target']) for t in tries)})")
+            best = {"batch": batches[0], "lr": 1.0}
+        out[name] = {"batch": best["batch"], "lr": best["lr"], "spec": template.format(b=best["batch"]),
+                     "at_grid_edge": best["lr"] in (tune_lrs(best["batch"])[0], tune_lrs(best["batch"])[-1]),
+                     "tries": tries}
+        per_b = "; ".join(f"b {b}: " + ", ".join(f"{t['lr']:g}:{t['epochs_to_target']}" for t in tries
+                                                if t["batch"] == b) for b in batches)
+        log(f"[2] tuned {name}: batch {best['batch']}, lr {best['lr']:g}  (lr:epochs to 1e-6 -- {per_b})")
     return out
 
 
@@ -617,6 +646,18 @@ PLOT_ESTIMATORS = [
 ]
 
 
+PLOT_NOTE = (
+    "n = 1e4, d = 50, lam = 1e-4 (the grid's first problem), batch 16, 40 epochs, float32, key 0. "
+    "Each estimator's lr is the best of the listed grid by the lowest suboptimality reached in 40 "
+    "epochs. An epoch is ceil(n/b) = 625 steps for every sampled estimator (their costs per epoch "
+    "differ: svrg 3n, saga n, lsvrg/sarah/page/spider ~2n-3n, storm 2n component gradients; "
+    "right panel) and one step for `full`. sarah/spider/page/storm are biased (recursive) "
+    "estimators; storm uses the default a = 0.1; spider with its defaults (no large_batch, "
+    "period n/b) is SARAH, so the two curves coincide. The y-axis is floored at 1e-9; the float32 "
+    "objective resolves relative suboptimality down to about 1e-7 (values below that, including "
+    "negative ones, are rounding).")
+
+
 def bench_plot(X, y, lam, fstar, epochs, deadline, path):
     curves = []
     for label, spec, lrs in PLOT_ESTIMATORS:
@@ -672,6 +713,82 @@ def draw_plot(curves, n, d, lam, path):
 
 
 # ========================================================================== report
+
+
+def part2_lines(p2: dict) -> list:
+    """The markdown of part 2 (note, tuning table, cells, best per cell)."""
+    L = []
+    L.append("### 2. Time and epochs to 1e-6 relative suboptimality")
+    L.append("")
+    L.append(p2["note"])
+    L.append("")
+    if p2.get("tuning"):
+        batches = p2.get("tune_batches") or sorted({t["batch"] for tu in p2["tuning"].values()
+                                                     for x in tu.values() for t in x["tries"]})
+        L.append("Tuning on n = 1e4 (lam = 1e-4): per method and batch, the best lr of the grid and its epochs to "
+                 "1e-6 (the estimated time to 1e-6 of the tie-break, in the tuning run); `—`: no lr of the grid reached 1e-6 in 40 epochs "
+                 "(lowest final suboptimality shown). **Bold**: the chosen pair.")
+        L.append("")
+        L.append("| d | method | " + " | ".join(f"batch {b}" for b in batches) + " |")
+        L.append("|---|---|" + "---|" * len(batches))
+        for d, tu in p2["tuning"].items():
+            for name, x in tu.items():
+                row = []
+                for b in batches:
+                    tries = [t for t in x["tries"] if t["batch"] == b]
+                    hit = [t for t in tries if t["epochs_to_target"] is not None]
+                    if hit:
+                        t = min(hit, key=lambda t: (t["epochs_to_target"], t.get("est_time_to_target") or
+                                                    t["time_to_target"]))
+                        txt = (f"lr {t['lr']:g}: {t['epochs_to_target']} ep "
+                               f"({fmt_t(t.get('est_time_to_target') or t['time_to_target'])} s)")
+                    elif tries:
+                        t = min(tries, key=lambda t: t["final_sub"])
+                        txt = f"— (lr {t['lr']:g}: sub {t['final_sub']:.1e})"
+                    else:
+                        txt = "not run"
+                    if b == x["batch"] and any(t["lr"] == x["lr"] for t in tries):
+                        txt = f"**{txt}**"
+                    row.append(txt)
+                L.append(f"| {d} | {name} | " + " | ".join(row) + " |")
+        L.append("")
+    L.append("| n | d | f* | method | reached 1e-6 | epochs / iters to 1e-6 | time to 1e-6 (s) | notes |")
+    L.append("|---|---|---|---|---|---|---|---|")
+    for key in p2["grid"]:
+        cell = p2["cells"].get(key)
+        n, d = key.split("x")
+        if cell is None or "not_run" in cell:
+            L.append(f"| {n} | {d} | | all | not run ({(cell or {}).get('not_run', 'time')}) | | | |")
+            continue
+        fs = f"{cell['fstar']['fstar']:.8f}"
+        for v in cell["vrlang"]:
+            if "not_run" in v:
+                L.append(f"| {n} | {d} | {fs} | vrlang {v['config']} | not run ({v['not_run']}) | | | |")
+                continue
+            ok = v["epochs_to_target"] is not None
+            note = (f"{v['spec']} / {v['solver']}; status {v['status']} after {v['epochs_run']} epochs; "
+                    f"setup (incl. compile when first) {v['setup']:.1f}s; "
+                    f"final sub {v['final_sub_f32_history']:.1e} (float64 re-eval {v['final_sub_f64']:.1e})")
+            if ok:
+                note += f"; {v['evals_to_target_per_n']:.1f} component grads/n"
+            L.append(f"| {n} | {d} | {fs} | vrlang {v['config']} | {'yes' if ok else 'no'} | "
+                     f"{v['epochs_to_target'] if ok else '—'} | {fmt_t(v['time_to_target'])} | {note} |")
+        for s in cell["sklearn"]:
+            tried = ", ".join(f"tol {t['tol']:g}: " + (f"{t['fit_s']:.2f}s/{t['n_iter']} it/sub {t['sub']:.1e}"
+                                                       if "sub" in t else f"not run ({t['not_run']})")
+                              for t in s["tries"])
+            L.append(f"| {n} | {d} | {fs} | sklearn {s['solver']} | {'yes' if s['reached'] else 'no'} | "
+                     f"{s['iters'] if s['reached'] else '—'} | {fmt_t(s['time_s'])} | {tried} |")
+    L.append("")
+    if p2.get("summary"):
+        L.append("Best per cell (time to 1e-6):")
+        L.append("")
+        L.append("| n | d | best vrlang | best peer | vrlang svrg / saga vs sklearn saga (speed-up) |")
+        L.append("|---|---|---|---|---|")
+        for s in p2["summary"]:
+            L.append(f"| {s['n']} | {s['d']} | {s['best_vr']} | {s['best_peer']} | {s['speedup']} |")
+        L.append("")
+    return L
 
 
 def write_report(res: dict, path: Path):
@@ -765,47 +882,8 @@ def write_report(res: dict, path: Path):
                  "shape, so a copy of X would be counted too.")
         L.append("")
     # ---- 2
-    L.append("### 2. Time and epochs to 1e-6 relative suboptimality")
-    L.append("")
+    L.extend(part2_lines(res["part2"]))
     p2 = res["part2"]
-    L.append(p2["note"])
-    L.append("")
-    L.append("| n | d | f* | method | reached 1e-6 | epochs / iters to 1e-6 | time to 1e-6 (s) | notes |")
-    L.append("|---|---|---|---|---|---|---|---|")
-    for key in p2["grid"]:
-        cell = p2["cells"].get(key)
-        n, d = key.split("x")
-        if cell is None or "not_run" in cell:
-            L.append(f"| {n} | {d} | | all | not run ({(cell or {}).get('not_run', 'time')}) | | | |")
-            continue
-        fs = f"{cell['fstar']['fstar']:.8f}"
-        for v in cell["vrlang"]:
-            if "not_run" in v:
-                L.append(f"| {n} | {d} | {fs} | vrlang {v['config']} | not run ({v['not_run']}) | | | |")
-                continue
-            ok = v["epochs_to_target"] is not None
-            note = (f"{v['spec']} / {v['solver']}; status {v['status']} after {v['epochs_run']} epochs; "
-                    f"setup (incl. compile when first) {v['setup']:.1f}s; "
-                    f"final sub {v['final_sub_f32_history']:.1e} (float64 re-eval {v['final_sub_f64']:.1e})")
-            if ok:
-                note += f"; {v['evals_to_target_per_n']:.1f} component grads/n"
-            L.append(f"| {n} | {d} | {fs} | vrlang {v['config']} | {'yes' if ok else 'no'} | "
-                     f"{v['epochs_to_target'] if ok else '—'} | {fmt_t(v['time_to_target'])} | {note} |")
-        for s in cell["sklearn"]:
-            tried = ", ".join(f"tol {t['tol']:g}: " + (f"{t['fit_s']:.2f}s/{t['n_iter']} it/sub {t['sub']:.1e}"
-                                                       if "sub" in t else f"not run ({t['not_run']})")
-                              for t in s["tries"])
-            L.append(f"| {n} | {d} | {fs} | sklearn {s['solver']} | {'yes' if s['reached'] else 'no'} | "
-                     f"{s['iters'] if s['reached'] else '—'} | {fmt_t(s['time_s'])} | {tried} |")
-    L.append("")
-    if p2.get("summary"):
-        L.append("Best per cell (time to 1e-6):")
-        L.append("")
-        L.append("| n | d | best vrlang | best peer | vrlang svrg / saga vs sklearn saga (speed-up) |")
-        L.append("|---|---|---|---|---|")
-        for s in p2["summary"]:
-            L.append(f"| {s['n']} | {s['d']} | {s['best_vr']} | {s['best_peer']} | {s['speedup']} |")
-        L.append("")
     # ---- targets of issue 3, item 6
     L.append("### Against the issue's targets")
     L.append("")
@@ -931,12 +1009,23 @@ def main(argv=None):
                     help="re-measure only part 1 (compiled vs hand-written) and/or part 3 (memory), keeping the "
                          "other parts from benchmarks/finite_sum_results.json; RESULTS.md says which part was "
                          "re-measured when")
+    ap.add_argument("--cpus", type=int, default=None,
+                    help="restrict the process (and its memory subprocesses) to this many CPU cores before JAX starts "
+                         "(its CPU thread pool is sized from them); scikit-learn runs on the same cores. Recorded as "
+                         "'usable' cores in RESULTS.md")
+    ap.add_argument("--cells", default=None, metavar="NxD,...",
+                    help="run only part 2 on these grid cells (e.g. 1e4x50,1e5x50,1e6x50; the (batch, lr) tuning "
+                         "runs for each d present) and print its tables; RESULTS.md and "
+                         "benchmarks/finite_sum_results.json are NOT written (see --out)")
+    ap.add_argument("--out", default=None, help="with --cells: write the raw part-2 record to this JSON file")
     ap.add_argument("--memory-child", nargs=3, metavar=("VARIANT", "N", "D"), help=argparse.SUPPRESS)
     ap.add_argument("--report-only", action="store_true",
                     help="only rewrite the RESULTS.md section from benchmarks/finite_sum_results.json")
     ap.add_argument("--replot", action="store_true",
                     help="only redraw the plot from benchmarks/finite_sum_results.json (no measurement)")
     args = ap.parse_args(argv)
+    if args.cpus:  # before JAX creates its CPU client (it sizes its thread pool from the affinity)
+        os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:args.cpus])
     if args.platform:  # before any computation; the memory subprocesses inherit it through the environment
         os.environ["JAX_PLATFORMS"] = args.platform
         jax.config.update("jax_platforms", args.platform)
@@ -957,11 +1046,14 @@ def main(argv=None):
     if args.only:
         remeasure(args)
         return
+    if args.cells:
+        run_cells(args)
+        return
     budget = args.budget_min if args.budget_min is not None else (10.0 if args.quick else 25.0)
     deadline = T_START + 60.0 * budget
     cmd = ".venv/bin/python benchmarks/finite_sum.py" + (" --quick" if args.quick else "") + \
         (f" --budget-min {args.budget_min:g}" if args.budget_min is not None else "") + \
-        (f" --platform {args.platform}" if args.platform else "")
+        (f" --platform {args.platform}" if args.platform else "") + (f" --cpus {args.cpus}" if args.cpus else "")
     res = {"command": cmd, "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
            "budget_min": budget, "machine": machine_info(), "not_run": []}
     log(f"machine: {res['machine']}")
@@ -979,57 +1071,89 @@ def main(argv=None):
         grid = [(10_000, 50), (100_000, 50)]
     else:
         grid = [(10_000, 50), (100_000, 50), (10_000, 500), (100_000, 500), (1_000_000, 50), (1_000_000, 500)]
-    tune_epochs = 40
-    cells, tuned = {}, {}
-    vr_specs = {"svrg": "svrg(batch = {b})", "saga": "saga(batch = {b})", "lsvrg": "lsvrg(batch = {b})"}
-    batch = 16
-    p4 = None
+    res["part2"], res["part4"] = _part2(grid, deadline, budget, res["not_run"], plot=True)
+    if res["part4"] is None:
+        res["not_run"].append("plot: not run (time)")
+
+    res["load_avg_end"] = os.getloadavg()
+    res["total_s"] = time.perf_counter() - T_START
+    out_json = BENCH / "finite_sum_results.json"
+    out_json.write_text(json.dumps(res, indent=1, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
+    write_report(res, BENCH / "RESULTS.md")
+    log(f"wrote {BENCH / 'RESULTS.md'}, {out_json}, {BENCH / 'finite_sum_suboptimality.png'}")
+
+
+def _part2(grid, deadline, budget, not_run, plot=True):
+    """Part 2 on ``grid`` [(n, d), ...]: (batch, lr) tuned once per d on the n = 1e4 problem, then every cell;
+    returns (the part-2 record, the part-4 record or None).  The plot (part 4) is drawn from the d = 50
+    tuning problem when ``plot``."""
+    cells, tuned, p4 = {}, {}, None
     for n, d in grid:
         key = f"{n}x{d}"
         lam = 1.0 / n
         if time.perf_counter() > deadline:
             cells[key] = {"not_run": "time"}
-            res["not_run"].append(f"grid cell n = {n}, d = {d}: not run (time budget of {budget:g} min spent)")
+            not_run.append(f"grid cell n = {n}, d = {d}: not run (time budget of {budget:g} min spent)")
             continue
         if n * d >= 5e8 and (deadline - time.perf_counter()) < 600:
             cells[key] = {"not_run": "time"}
-            res["not_run"].append(f"grid cell n = {n}, d = {d}: not run (less than 10 min of budget left for a "
-                                  "2 GB problem)")
+            not_run.append(f"grid cell n = {n}, d = {d}: not run (less than 10 min of budget left for a "
+                           "2 GB problem)")
             continue
         if d not in tuned:
-            # tune lr once per d on the n = 1e4 problem, then keep it fixed for every n
+            # tune (batch, lr) once per d on the n = 1e4 problem, then keep them fixed for every n
             Xt, yt = make_data(10_000, d)
             ref = fstar_scipy(Xt.astype(np.float64), yt.astype(np.float64), 1e-4)
-            specs = [s.format(b=batch) for s in vr_specs.values()]
-            log(f"[2] tuning lr for d={d} on n=1e4 ({tune_epochs} epochs, batch {batch})")
-            tuned[d] = tune_lr(Xt, yt, 1e-4, specs, [0.5, 1.0, 2.0, 4.0, 8.0], tune_epochs, ref["fstar"], deadline)
-            if d == 50 and p4 is None:
+            log(f"[2] tuning (batch, lr) for d={d} on n=1e4 ({TUNE_EPOCHS} epochs, batches {TUNE_BATCHES})")
+            tuned[d] = tune_batch_lr(Xt, yt, 1e-4, VR_SPECS, TUNE_BATCHES, TUNE_EPOCHS, ref["fstar"], deadline)
+            if plot and d == 50 and p4 is None:
                 log("[4] plot: every estimator on n=1e4, d=50")
                 curves = bench_plot(Xt, yt, 1e-4, ref["fstar"], 40, deadline, BENCH / "finite_sum_suboptimality.png")
-                p4 = {"curves": curves, "n": 10_000, "d": d, "lam": 1e-4, "note": (
-                    "n = 1e4, d = 50, lam = 1e-4 (the grid's first problem), batch 16, 40 epochs, float32, key 0. "
-                    "Each estimator's lr is the best of the listed grid by the lowest suboptimality reached in 40 "
-                    "epochs. An epoch is ceil(n/b) = 625 steps for every sampled estimator (their costs per epoch "
-                    "differ: svrg 3n, saga n, lsvrg/sarah/page/spider ~2n-3n, storm 2n component gradients; "
-                    "right panel) and one step for `full`. sarah/spider/page/storm are biased (recursive) "
-                    "estimators; storm uses the default a = 0.1; spider with its defaults (no large_batch, "
-                    "period n/b) is SARAH, so the two curves coincide. The y-axis is floored at 1e-9; the float32 "
-                    "objective resolves relative suboptimality down to about 1e-7 (values below that, including "
-                    "negative ones, are rounding).")}
+                p4 = {"curves": curves, "n": 10_000, "d": d, "lam": 1e-4, "note": PLOT_NOTE}
             del Xt, yt
         cap = 240 if n * d >= 5e7 else 60
         configs = [("full + lbfgs", "full", f"lbfgs(epochs = 500, tol = 1e-6, time = {cap})")]
-        for name, s in vr_specs.items():
-            spec = s.format(b=batch)
-            lr = tuned[d][spec][0]
-            configs.append((name, spec, f"sgd(lr = {lr:g}, epochs = 40, tol = 1e-6, time = {cap})"))
+        for name, t in tuned[d].items():
+            configs.append((name, t["spec"], f"sgd(lr = {t['lr']:g}, epochs = 40, tol = 1e-6, time = {cap})"))
         try:
             cell, _ = run_cell(n, d, lam, configs, 40, 60, deadline)
         except MemoryError:
             cells[key] = {"not_run": "memory"}
-            res["not_run"].append(f"grid cell n = {n}, d = {d}: out of memory")
+            not_run.append(f"grid cell n = {n}, d = {d}: out of memory")
             continue
         cells[key] = cell
+    lr_note = "; ".join(f"d = {d}: " + ", ".join(f"{name} batch {t['batch']} lr {t['lr']:g}"
+                                                 + (" (at the edge of its grid)" if t["at_grid_edge"] else "")
+                                                 for name, t in tu.items())
+                        for d, tu in tuned.items())
+    grids = ", ".join(f"batch {b}: {{{', '.join(f'{x:g}' for x in tune_lrs(b))}}}" for b in TUNE_BATCHES)
+    note = (
+        "vrlang runs: `full` + `lbfgs(epochs = 500, tol = 1e-6, time = T)` (one history row per L-BFGS "
+        "iteration; its line-search evaluations are not counted in grad_evals) and svrg / saga / lsvrg with "
+        "the tuned batch and `sgd(lr = tuned, epochs = 40, tol = 1e-6, time = T)`, T = 60 s (240 s when "
+        "n·d ≥ 5e7). The `tol` (full-gradient norm) only ends a run early once it is past the target: "
+        "f - f* ≤ |g|²/(2 lam) ≤ 5e-7 for |g| ≤ 1e-6, lam ≥ 1e-6. **Tuning**: for each method the batch and the "
+        "lr are tuned jointly, once per d, on the n = 1e4 problem (lam = 1e-4, key 0, 40 epochs), over "
+        f"batch {{{', '.join(str(b) for b in TUNE_BATCHES)}}} × an lr grid that grows with the batch ({grids}); "
+        "the pair reaching 1e-6 in the fewest epochs wins (an epoch is ceil(n/b) steps, i.e. n sampled items, "
+        "at every batch), ties broken by the least time (estimated as those epochs × the run's median time per "
+        "epoch over its 40 epochs: one reading of the clock is too noisy on a shared machine); the pair is then "
+        "fixed for every n: "
+        f"{lr_note} (every try is in the tuning table below). Time to 1e-6 for vrlang = `Result.history['time']` "
+        "at the first epoch whose float32 "
+        "history objective is within 1e-6 of f* (the clock starts after compilation, data binding and the "
+        "estimator's init — the SVRG snapshot gradient, the SAGA table — which are listed as "
+        "`setup+compile`). scikit-learn: `LogisticRegression(C = 1/(n lam), fit_intercept = False)` on "
+        "float64 copies of the same data; its objective is `(1/lam)` times ours, so its solution is "
+        "evaluated with our mean objective in float64; tol is lowered along the listed ladder until a fit "
+        "reaches 1e-6, and the time is that fit's wall time (fits from scratch, `max_iter` 10000 for saga, "
+        "20000 for lbfgs); iterations are sklearn's `n_iter_` (epochs for saga).")
+    return ({"grid": [f"{n}x{d}" for n, d in grid], "cells": cells, "summary": summarize(cells),
+             "tuning": {str(d): tu for d, tu in tuned.items()}, "tune_batches": list(TUNE_BATCHES),
+             "note": note}, p4)
+
+
+def summarize(cells: dict) -> list:
     summary = []
     for key, cell in cells.items():
         if "not_run" in cell:
@@ -1052,41 +1176,42 @@ def main(argv=None):
                         "best_vr": f"{best_vr['config']} {fmt_t(best_vr['time_to_target'])} s" if best_vr else "none reached",
                         "best_peer": f"sklearn {best_peer['solver']} {fmt_t(best_peer['time_s'])} s" if best_peer else "none reached",
                         "speedup": "; ".join(sp)})
-    lr_note = "; ".join(f"d = {d}: " + ", ".join(f"{s.split('(')[0]} lr {v[0]:g}" for s, v in t.items())
-                        for d, t in tuned.items())
-    res["part2"] = {"grid": [f"{n}x{d}" for n, d in grid], "cells": cells, "summary": summary, "note": (
-        "vrlang runs: `full` + `lbfgs(epochs = 500, tol = 1e-6, time = T)` (one history row per L-BFGS "
-        "iteration; its line-search evaluations are not counted in grad_evals) and svrg / saga / lsvrg with "
-        f"batch {batch} and `sgd(lr = tuned, epochs = 40, tol = 1e-6, time = T)`, T = 60 s (240 s when "
-        "n·d ≥ 5e7). The `tol` (full-gradient norm) only ends a run early once it is past the target: "
-        "f - f* ≤ |g|²/(2 lam) ≤ 5e-7 for |g| ≤ 1e-6, lam ≥ 1e-6. lr tuned once per d on the n = 1e4 problem "
-        "(lam = 1e-4) over {0.5, 1, 2, 4, 8} by the fewest epochs to 1e-6 within 40 (ties: least time), then "
-        "fixed for all n: "
-        f"{lr_note}. Time to 1e-6 for vrlang = `Result.history['time']` at the first epoch whose float32 "
-        "history objective is within 1e-6 of f* (the clock starts after compilation, data binding and the "
-        "estimator's init — the SVRG snapshot gradient, the SAGA table — which are listed as "
-        "`setup+compile`). scikit-learn: `LogisticRegression(C = 1/(n lam), fit_intercept = False)` on "
-        "float64 copies of the same data; its objective is `(1/lam)` times ours, so its solution is "
-        "evaluated with our mean objective in float64; tol is lowered along the listed ladder until a fit "
-        "reaches 1e-6, and the time is that fit's wall time (fits from scratch, `max_iter` 10000 for saga, "
-        "20000 for lbfgs); iterations are sklearn's `n_iter_` (epochs for saga).")}
-
-    res["part4"] = p4
-    if p4 is None:
-        res["not_run"].append("plot: not run (time)")
-
-    res["load_avg_end"] = os.getloadavg()
-    res["total_s"] = time.perf_counter() - T_START
-    out_json = BENCH / "finite_sum_results.json"
-    out_json.write_text(json.dumps(res, indent=1, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
-    write_report(res, BENCH / "RESULTS.md")
-    log(f"wrote {BENCH / 'RESULTS.md'}, {out_json}, {BENCH / 'finite_sum_suboptimality.png'}")
+    return summary
 
 
 def _part1(quick, budget):
     n1, d1, b1 = 100_000, 50, 16
     return bench_compiled_vs_hand(n1, d1, b1, lr=1.0, epochs=4 if quick else 6, repeats=3 if quick else 5,
                                   lam=1.0 / n1, deadline=T_START + 60.0 * budget * 0.4)
+
+
+def parse_cells(text: str) -> list:
+    """``"1e4x50,1e5x500"`` -> [(10000, 50), (100000, 500)]."""
+    out = []
+    for item in text.split(","):
+        n, d = item.strip().lower().split("x")
+        out.append((int(float(n)), int(float(d))))
+    return out
+
+
+def run_cells(args):
+    """``--cells``: part 2 on a few cells only, printed (a partial run never rewrites RESULTS.md)."""
+    grid = parse_cells(args.cells)
+    budget = args.budget_min if args.budget_min is not None else 25.0
+    m = machine_info()
+    log(f"part 2 on cells {grid}; machine: {m}")
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    not_run = []
+    p2, _ = _part2(grid, T_START + 60.0 * budget, budget, not_run, plot=False)
+    rec = {"command": "benchmarks/finite_sum.py --cells " + args.cells + (f" --cpus {args.cpus}" if args.cpus else ""), "machine": m, "part2": p2,
+           "not_run": not_run, "load_avg_end": list(os.getloadavg()), "total_s": time.perf_counter() - T_START}
+    if args.out:
+        Path(args.out).write_text(json.dumps(rec, indent=1, default=lambda o: o.tolist() if hasattr(o, "tolist")
+                                             else str(o)))
+    la, lb = m["load_avg_start"], rec["load_avg_end"]
+    print(f"\nload average at start {la[0]:.2f}/{la[1]:.2f}/{la[2]:.2f}, at end {lb[0]:.2f}/{lb[1]:.2f}/{lb[2]:.2f}; "
+          f"usable cores {m['usable_cores']} of {m['cores']}; commit {m['commit']}; total {rec['total_s'] / 60:.1f} min\n")
+    print("\n".join(part2_lines(p2) + [f"- {x}" for x in not_run]))
 
 
 def remeasure(args):
@@ -1108,7 +1233,7 @@ def remeasure(args):
         mem_n, mem_d = (100_000, 50) if quick else (100_000, 500)
         saved["part3"] = bench_memory(mem_n, mem_d, T_START + 60.0 * budget)
     cmd = f".venv/bin/python benchmarks/finite_sum.py --only {args.only}" + \
-        (f" --platform {args.platform}" if args.platform else "")
+        (f" --platform {args.platform}" if args.platform else "") + (f" --cpus {args.cpus}" if args.cpus else "")
     saved.setdefault("remeasured", []).append({
         "parts": args.only, "command": cmd, "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
         "commit": m["commit"], "devices": m["devices"], "load_avg_start": m["load_avg_start"],

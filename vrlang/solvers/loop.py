@@ -11,10 +11,17 @@ objective is not finite is rolled back to the last recorded parameters.  Both st
 solve with ``Status.DIVERGED``.
 
 Wall time and progress come from the host through ``io_callback`` once per epoch.
+
+PRNG on the CPU: JAX lowers the threefry hash there as a rolled loop (5 iterations of a few
+tiny kernels: a smaller program), and every step draws through it several times (the step's
+key split, the minibatch's ``fold_in`` and ``randint``), so at small batches those loops were a
+large part of a step.  The solve is lowered with JAX's unrolled lowering instead (its default on
+every other platform): the same bits, straight-line code (:func:`_unrolled_threefry`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import time
 from typing import Callable
@@ -80,14 +87,43 @@ def _select(pred, a, b):
     return jax.tree_util.tree_map(lambda x, y: jnp.where(pred, x, y), a, b)
 
 
+@contextlib.contextmanager
+def _unrolled_threefry():
+    """Lower ``threefry2x32`` with JAX's generic (unrolled) rule instead of its CPU rule (a rolled
+    ``fori_loop`` of 5 rounds) while the solve is traced and compiled.
+
+    Both rules compute the same function (the same random bits, so the same minibatches and
+    iterates); only the CPU program differs: a per-step PRNG call becomes straight-line fused code
+    instead of a while loop of small kernels (measured on a 2-core CPU, n = 1e5, d = 50, batch 16:
+    see benchmarks/RESULTS.md).  JAX private API: where it is not found (another JAX version) the
+    CPU rule is kept.  Swapping the table entry is process-wide while the context is open, which
+    is harmless for the same reason (the same bits).
+    """
+    try:
+        from jax._src.interpreters import mlir
+        from jax._src.random.threefry2x32 import threefry2x32_p
+        cpu_rules = mlir._platform_specific_lowerings["cpu"]
+        assert threefry2x32_p in mlir._lowerings
+    except Exception:  # pragma: no cover - another JAX layout: keep its CPU lowering
+        yield
+        return
+    saved = cpu_rules.pop(threefry2x32_p, None)
+    try:
+        yield
+    finally:
+        if saved is not None:
+            cpu_rules[threefry2x32_p] = saved
+
+
 def run(problem: SolveProblem, u0: dict, key, lr, hyper: dict, limits: dict, *, solver: str, memory: int,
         capacity: int, on_epoch: Callable | None = None) -> dict:
     """Run a solve; returns final unconstrained params, status and history (numpy)."""
     token = next(_TOKENS)
     _HANDLERS[token] = _Clock(on_epoch)
     try:
-        out = _solve(problem, u0, key, jnp.asarray(lr, jnp.result_type(float)), hyper, limits,
-                     jnp.asarray(token, jnp.int32), solver, memory, capacity)
+        with _unrolled_threefry():  # only the first call traces and compiles; later ones hit the cache
+            out = _solve(problem, u0, key, jnp.asarray(lr, jnp.result_type(float)), hyper, limits,
+                         jnp.asarray(token, jnp.int32), solver, memory, capacity)
         out = jax.device_get(out)
     finally:
         _HANDLERS.pop(token, None)
