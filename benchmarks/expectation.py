@@ -302,6 +302,10 @@ def bench_compiled_vs_hand(n, d, K, C, repeats, target_batch_s):
         for _ in range(reps):
             jax.tree_util.tree_flatten(module)
         flatten_s = (time.perf_counter() - t0) / reps
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            jax.tree_util.tree_flatten(jdata)
+        flatten_dict_s = (time.perf_counter() - t0) / reps
         diag = {"vrlang": diagnostics(vr, (module, p, jax.random.PRNGKey(0))),
                 "hand": diagnostics(hand, (jdata, p, jax.random.PRNGKey(0)))}
         row = {"problem": prob, "estimator": spec, "kind": kind, "n": n, "d": d, "K": K, "C": C,
@@ -311,7 +315,7 @@ def bench_compiled_vs_hand(n, d, K, C, repeats, target_batch_s):
                "ratio_cpu": times["vrlang"]["cpu_median"] / times["hand"]["cpu_median"],
                "ratio_gather_wall": times["vrlang"]["wall_median"] / times["hand_gather"]["wall_median"],
                "ratio_leaves_wall": times["vrlang_leaves"]["wall_median"] / times["hand"]["wall_median"],
-               "module_flatten_s": flatten_s,
+               "module_flatten_s": flatten_s, "dict_flatten_s": flatten_dict_s,
                "ratio_wall_min": times["vrlang"]["wall_min"] / times["hand"]["wall_min"]}
         log(f"  {prob:5s} {spec:45s} vrlang {1e3 * times['vrlang']['wall_median']:8.3f} ms  hand "
             f"{1e3 * times['hand']['wall_median']:8.3f} ms  ratio {row['ratio_wall']:.3f} (cpu {row['ratio_cpu']:.3f}; "
@@ -507,8 +511,10 @@ def write_report(res: dict, path: Path, name: str):
           f"ratio is {worst['ratio_wall']:.3f} (`{worst['estimator']}` on {worst['problem']}); "
           f"{sum(r['ratio_leaves_wall'] <= 1.05 for r in A)} of {len(A)} with the module flattened once "
           f"(`vrlang, flat`, largest {max(r['ratio_leaves_wall'] for r in A):.3f})."]
-    flat_us = 1e6 * float(np.median([r["module_flatten_s"] for r in A]))
-    L += ["", REMAINING.format(flatten_us=flat_us)]
+    med = lambda f: 1e6 * float(np.median([f(r) for r in A]))  # noqa: E731
+    L += ["", REMAINING.format(
+        flatten_us=med(lambda r: r["module_flatten_s"]), dict_us=med(lambda r: r["dict_flatten_s"]),
+        extra_us=med(lambda r: r["times"]["vrlang"]["wall_median"] - r["times"]["vrlang_leaves"]["wall_median"]))]
     B = res["elbo"]
     L += ["", "### 2. Gradient variance vs numpyro `TraceGraph_ELBO`", "",
           f"-ELBO of a two-component Gaussian mixture with a per-datum Bernoulli latent: z_i ~ Bernoulli({PRIOR}), "
@@ -555,8 +561,8 @@ ANALYSIS = (
     "finite sum (full gradients, SVRG snapshots), so the finite-sum benchmark may move too.\n\n"
     "Second round. With the rows mapped, the run of vrlang commit 3064513 (load 0.8-1.4) still gave "
     "`score(samples = 16, baseline = loo)` 1.09 (gauss) and 1.06 (cat) and `importance` 1.07. The optimised HLO "
-    "of every vrlang estimator had a `reduce-window` the hand-written one has not (none now: HLO reduce-windows "
-    "column): "
+    "of every vrlang estimator but `reparam` had a `reduce-window` the hand-written one has not (none now: "
+    "HLO reduce-windows column): "
     "written `dot(X[i], w)`, the product over the rows batches under the samples' `vmap` to "
     "`dot_general(X, W)`, rows first (`[n, K]`), and the next elementwise operation with a row-indexed array "
     "(`- y[i]`) moves the samples to the front with a transpose (JAX's broadcasting batch rule). XLA folds the "
@@ -565,9 +571,9 @@ ANALYSIS = (
     "`reduce-window` (32 rows at a time) and a second `reduce`. Fixed in the lowering (`vrlang/backend/lower.py`, "
     "`Interpreter._dot_order`): an inner product of two vectors whose first operand varies with the innermost "
     "mapped binder and whose second does not is evaluated in the other order, `dot(w, X[i])`, which batches to "
-    "`W @ X.T` (`[K, n]`, no transpose): the hand-written form. The optimised HLO of `reparam` is now the "
-    "hand-written one's instruction for instruction (up to names), and the other estimators differ from it only "
-    "in the O(K d) work below (the max rel diff column is float rounding). Also: the log-probability of one Categorical choice is read as "
+    "`W @ X.T` (`[K, n]`, no transpose): the hand-written form. The optimised HLO of `reparam` is (and was "
+    "before this fix) the hand-written one's instruction for instruction, up to names; the other estimators now "
+    "differ from theirs only in the O(K d) work below (the max rel diff column is float rounding). Also: the log-probability of one Categorical choice is read as "
     "`log_pmf[z]` (`vrlang/estimators/expectation.py`, `log_prob`, numpyro's formula and support check) instead "
     "of numpyro's `take_along_axis` on a `K x C` broadcast copy, whose gradient was a scatter into that copy "
     "summed back to C.")
@@ -583,8 +589,10 @@ REMAINING = (
     "columns and a clamp, where the hand-written `W[c]` has one), and with `enum` a gather of `W` at "
     "the support `0..C-1` (and its scatter in the gradient) where the hand-written version uses `W` itself. The "
     "rest of the difference is outside the compiled computation: the benchmark passes vrlang's estimator module "
-    "to `jax.jit` on every call, and flattening that equinox module in Python took {flatten_us:.1f} µs per call "
-    "here (median over the problems; a dict of arrays takes about 1 µs); `vrlang, flat` removes it. On a 2-core "
+    "to `jax.jit` on every call (as a pytree: flattening that equinox module in Python took {flatten_us:.1f} µs "
+    "here, the hand-written side's dict of arrays {dict_us:.1f} µs); the same compiled estimator called with the "
+    "module's arrays (`vrlang, flat`) took {extra_us:.1f} µs less per call (medians over the problems), which "
+    "is most of the remaining difference of the `wall ratio` column. On a 2-core "
     "machine shared with other jobs, differences of a few percent are within the spread of the repeats (compare "
     "the median and fastest-repeat ratios).")
 
