@@ -591,8 +591,8 @@ REMAINING = (
     "rest of the difference is outside the compiled computation: the benchmark passes vrlang's estimator module "
     "to `jax.jit` on every call (as a pytree: flattening that equinox module in Python took {flatten_us:.1f} µs "
     "here, the hand-written side's dict of arrays {dict_us:.1f} µs); the same compiled estimator called with the "
-    "module's arrays (`vrlang, flat`) took {extra_us:.1f} µs less per call (medians over the problems), which "
-    "is most of the remaining difference of the `wall ratio` column. On a 2-core "
+    "module's arrays (`vrlang, flat`) took {extra_us:.1f} µs less per call (medians over the problems): compare "
+    "its ratio column with the `wall ratio` one. On a 2-core "
     "machine shared with other jobs, differences of a few percent are within the spread of the repeats (compare "
     "the median and fastest-repeat ratios).")
 
