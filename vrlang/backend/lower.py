@@ -17,6 +17,11 @@ matrix) on every evaluation, and its gradient would be a scatter-add; with the r
 mapped, ``vmap(dot(X[i], w))`` is one matrix-vector product.  Any other use of ``A``
 (``A[i - 1]``, ``A[j, i]``, ``A`` whole) reads the full array as before, so the values are
 those of the gathering evaluation for every body.
+
+Inside such a map, an inner product ``dot(X[i], w)`` whose first operand varies with the
+innermost mapped binder and whose second does not is evaluated as ``dot(w, X[i])``
+(:meth:`Interpreter._dot_order`): under an enclosing ``vmap`` over samples of ``w`` it then
+batches to ``W @ X.T`` with no transpose before the reduction over the rows.
 """
 
 from __future__ import annotations
@@ -67,13 +72,18 @@ class Env:
     # exact sums mapped over rows: {binder: {(kind, name, prefix): the row at the binder's current index}},
     # where A[b1, .., bk, b] reads rows[b][(kind, name, (b1, .., bk))] (prefix: the binders mapped before b)
     rows: dict = field(default_factory=dict)
+    # the binder of the innermost ``vmap`` here (an exact or sampled sum's index, an expectation's sample),
+    # None outside them: ``dot`` puts the operand that varies with it second (Interpreter._dot_order)
+    mapped: str | None = None
 
     def dim(self, d):
         return d if isinstance(d, int) else self.dims[d]
 
-    def bind(self, name, value, key=None) -> "Env":
+    def bind(self, name, value, key=None, mapped=False) -> "Env":
+        """``name`` bound to ``value``; ``mapped``: ``value`` is one item of a ``vmap`` (a sum's index, a sample)."""
         return replace(self, key=self.key if key is None else key, vars={**self.vars, name: value},
-                       rows=_hide(self.rows, name))
+                       rows=_hide(self.rows, name),
+                       mapped=name if mapped else (None if name == self.mapped else self.mapped))
 
     def with_rows(self, binder: str, rows: dict) -> "Env":
         return replace(self, rows={**self.rows, binder: rows})
@@ -105,6 +115,7 @@ class Interpreter:
         self.trace_counter = trace_counter
         self.map_rows = map_rows  # False: exact sums gather A[arange(lo, hi)] (the reference evaluation)
         self._indexed: dict = {}  # id(Sum) -> (Sum, the arrays its body reads by its binder: (kind, name, prefix))
+        self._uses: dict = {}  # (id(node), binder) -> (node, whether the node reads the variable `binder`)
 
     def __call__(self, node: N.Node, env: Env):
         if self.trace_counter is not None:
@@ -143,8 +154,36 @@ class Interpreter:
             if node.op in ("add", "sub", "mul", "div", "pow", "maximum", "minimum", "dot", "matmul") \
                     and node.type.base == "real":
                 a, b = _as_float(a), _as_float(b)
+            if node.op == "dot" and env.mapped is not None and self._dot_order(node, env, a, b):
+                a, b = b, a  # the same inner product (see _dot_order)
             return JB.BINARY[node.op](a, b)
         return JB.TERNARY[node.op](*args)
+
+    def _dot_order(self, node: N.Op, env: Env, a, b) -> bool:
+        """Whether to evaluate the inner product ``dot(a, b)`` of two vectors as ``dot(b, a)``: when ``a`` varies
+        with the innermost mapped binder (``env.mapped``) and ``b`` does not, e.g. ``dot(X[i], w)`` in a sum over
+        ``i`` inside an expectation over ``w``.
+
+        The value is the same (up to the rounding of the products' sum); the layout is not.  Under the enclosing ``vmap`` (the samples ``w_k``) JAX batches
+        ``dot(X[i], w)`` over the rows into ``dot_general(X, W)``, which puts the rows first (``[n, K]``), and the
+        next elementwise operation with another row-indexed array (``- y[i]``) moves the samples to the front
+        with a transpose.  XLA folds that transpose into the product as a column-major layout, and the exact
+        sum's reduction over the rows then runs over the major dimension, which the CPU compiler splits into a
+        two-stage ``reduce-window`` + ``reduce`` instead of one reduction fused with the matrix product.
+        ``dot(w, X[i])`` batches to ``dot_general(W, X)``, ``[K, n]``: no transpose, the form ``W @ X.T`` one
+        writes by hand.
+        """
+        if getattr(a, "ndim", None) != 1 or getattr(b, "ndim", None) != 1:
+            return False
+        return self._reads(node.args[0], env.mapped) and not self._reads(node.args[1], env.mapped)
+
+    def _reads(self, node: N.Node, binder: str) -> bool:
+        """Whether the IR graph ``node`` reads the variable ``binder`` (cached per node)."""
+        hit = self._uses.get((id(node), binder))
+        if hit is None or hit[0] is not node:
+            found = any(isinstance(n, N.Ref) and n.kind == "var" and n.name == binder for n in N.walk(node))
+            hit = self._uses[(id(node), binder)] = (node, found)
+        return hit[1]
 
     def ev_index(self, node: N.Index, env: Env):
         if env.rows and isinstance(node.base, N.Ref):  # A[i, j, rest] inside exact sums mapped over rows of A
@@ -182,7 +221,7 @@ class Interpreter:
         def body(i, rows=None):
             # random choices inside the body get an independent key per item
             key = None if env.key is None else jax.random.fold_in(env.key, i)
-            item = env.bind(node.binder, i, key)
+            item = env.bind(node.binder, i, key, mapped=True)
             if rows:  # exact: the rows of the arrays indexed by the binder are mapped in (see _rows)
                 item = item.with_rows(node.binder, rows)
             if not tracked:
@@ -282,7 +321,7 @@ class Interpreter:
             key = None if env.key is None or j is None else jax.random.fold_in(env.key, j)
             # (binder state is not tracked per sample: nested decision binders start cold)
             return _as_float(self.at_home(node.body if expr is None else expr,
-                                          env.stateless().bind(node.binder, z, key)))
+                                          env.stateless().bind(node.binder, z, key, mapped=True)))
 
         key = None if env.key is None else jax.random.fold_in(env.key, binder_salt(node.binder))
         if env.collect is not None and getattr(plan, "stateful", False):  # e.g. an ema baseline

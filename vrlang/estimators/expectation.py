@@ -75,7 +75,29 @@ def log_prob(dist, z):
     if isinstance(dist, nd.BernoulliLogits):
         lg = dist.logits
         return jnp.where(z == 1, jax.nn.log_sigmoid(lg), jax.nn.log_sigmoid(-lg))
+    if isinstance(dist, nd.CategoricalLogits) and tuple(dist.batch_shape) == ():
+        return _categorical_log_prob(dist, z)
     return dist.log_prob(z)
+
+
+def _categorical_log_prob(dist, z):
+    """numpyro's ``CategoricalLogits.log_prob`` for one choice (scalar batch shape), read as ``log_pmf[z]``.
+
+    The same formula (``logits - logsumexp(logits)``) and, with numpyro's argument validation on,
+    the same ``-inf`` outside ``{0, .., C-1}``; numpyro broadcasts ``log_pmf`` to ``z.shape + (C,)``
+    and reads it with ``take_along_axis``, whose gradient is a scatter into that broadcast copy
+    (``K x C`` for ``K`` samples) summed back to ``C``: here the gradient is one scatter-add into ``C``.
+    """
+    from jax.scipy.special import logsumexp
+
+    logits = dist.logits
+    z = jnp.asarray(z)
+    log_pmf = logits - logsumexp(logits, axis=-1, keepdims=True)
+    out = log_pmf[z]
+    if dist._validate_args:  # numpyro's validate_sample: -inf outside the support
+        c = logits.shape[-1]
+        out = jnp.where((z >= 0) & (z < c), out, -jnp.inf)
+    return out
 
 
 def _eval_key_and_count(key, samples: int, eval_samples: int = EVAL_SAMPLES):
