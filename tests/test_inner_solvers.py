@@ -83,11 +83,11 @@ def test_inner_saga_reaches_the_solution_where_minibatch_sgd_stalls():
     assert stall > 1e-4, stall
 
 
-@pytest.mark.parametrize("name", ["saga", "lsvrg"])
-def test_solve_tunes_the_penalty_with_saga_and_lsvrg_inner(data, name):
-    """adam on lam with warm-started SAGA / L-SVRG inner solves (keys from the steps) reaches the best penalty
-    (the logged objective is an exact evaluation: the solver from `= init`, 120 steps, fixed key)."""
-    prog = vrlang.compile(RIDGE, x64=True, solver="adam(lr = 0.05, steps = 100)", estimators={"v": inner(name, 120)})
+@pytest.mark.parametrize("name, steps", [("svrg", 60), ("saga", 120), ("lsvrg", 120)])
+def test_solve_tunes_the_penalty_with_minibatch_inner_solvers(data, name, steps):
+    """adam on lam with warm-started SVRG / SAGA / L-SVRG inner solves (keys from the steps) reaches the best
+    penalty (the logged objective is an exact evaluation: the solver from `= init`, fixed key)."""
+    prog = vrlang.compile(RIDGE, x64=True, solver="adam(lr = 0.05, steps = 100)", estimators={"v": inner(name, steps)})
     res = prog.solve(data)
     with jax.enable_x64(True):
         lams = np.exp(np.linspace(-5, 2, 4001))

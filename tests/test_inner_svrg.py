@@ -64,15 +64,7 @@ def test_inner_svrg_solver_against_a_hand_written_minibatch_objective():
     assert drift > 100 * errs[2], (drift, errs)  # a stale snapshot does not converge to v*
 
 
-def test_solve_tunes_the_penalty_with_svrg_inner(data):
-    """adam on lam with warm-started SVRG inner solves (keys from the steps) reaches the best penalty."""
-    prog = vrlang.compile(RIDGE, x64=True, solver="adam(lr = 0.05, steps = 100)", estimators={"v": svrg(60)})
-    res = prog.solve(data)
-    with jax.enable_x64(True):
-        lams = np.exp(np.linspace(-5, 2, 4001))
-        vals = np.asarray(jax.vmap(lambda l: validation_loss(data, l))(jnp.asarray(lams)))
-    assert res.params["lam"] == pytest.approx(lams[np.argmin(vals)], rel=0.05)
-    assert res.history["objective"][-1] == pytest.approx(vals.min(), rel=1e-4)
+# the end-to-end solve: tests/test_inner_solvers.py (svrg, saga, lsvrg)
 
 
 def test_explain_describes_the_inner_svrg():
