@@ -175,7 +175,10 @@ def _solve(problem, u0, key, lr, hyper, limits, token, solver, memory, capacity)
             g = grad_u(u, grads_p)
             updates, opt_state2 = opt.update(g, opt_state, u)
         u2 = optax.apply_updates(u, updates)
-        good = _finite(u2) & _finite(g)
+        # one finiteness reduction per step: a non-finite gradient makes the new point non-finite with every
+        # update rule here (sgd/momentum: u - lr g, also at lr = 0 as 0 * inf = nan; adam: inf/inf; lbfgs,
+        # normalized: nan directions), and the epoch's exact objective and gradient are checked again below
+        good = _finite(u2)
         take = active & good
         u = _select(take, u2, u)
         opt_state = _select(take, opt_state2, opt_state)
