@@ -335,11 +335,13 @@ class SAGAGLMGradient(AbstractGradientEstimator):
         g_rho = jax.grad(self.frozen)(params, m[0], d, c, idx[0])  # the same for every item
         pull = self._pull(params, idx)
         coef = (1.0 / b) if wts is None else wts / n
-        corr = pull((coef * (s_new - s_old)).astype(s_new.dtype))
-        grads = _combine(lambda a, mu, r: a + mu + r, corr, state.mean, g_rho)
         first = _first_occurrence(idx).astype(s_new.dtype)
-        mean = _combine(lambda mu, dm: mu + dm, state.mean, pull(first * (s_new - s_old) / n))
-        return grads, SAGAGLMState(state.table.at[idx].set(jnp.where(jnp.all(idx >= 0), s_new, s_old)), mean)
+        # both linear combinations of the drawn rows in one product: (corr, mean's change) = pull([a1; a2])
+        both = jax.vmap(pull)(jnp.stack([coef * (s_new - s_old), first * (s_new - s_old) / n]).astype(s_new.dtype))
+        corr, dmean = _combine(lambda t: t[0], both), _combine(lambda t: t[1], both)
+        grads = _combine(lambda a, mu, r: a + mu + r, corr, state.mean, g_rho)
+        mean = _combine(lambda mu, dm: mu + dm, state.mean, dmean)
+        return grads, SAGAGLMState(state.table.at[idx].set(jnp.where(idx >= 0, s_new, s_old)), mean)
 
 
 # ------------------------------------------------------------- SVRG / L-SVRG for GLM bodies

@@ -163,8 +163,11 @@ def _solve(problem, u0, key, lr, hyper, limits, token, solver, memory, capacity)
         # non-finite one, is computed but not taken.  A loop whose trip count is known needs no
         # device-to-host read of its condition per iteration (on a GPU, that read cost more than a
         # small step); the waste is bounded by one epoch, at the end of a solve.
-        j, u, opt_state, est_state, key, steps, evals, ok = c
-        active = ok & (steps < limits["steps"])
+        # `bad` is the index of the step that went non-finite (spe while none has): the only per-step
+        # bookkeeping; the steps and gradient evaluations are counted once per epoch (epoch_body), as
+        # separate per-step counters cost as much as a small step's arithmetic on the CPU (measured)
+        j, u, opt_state, est_state, key, bad, rem = c
+        active = (bad == spe) & (j < rem)
         key, k = jax.random.split(key)
         if solver == "lbfgs":
             est_state2 = est_state
@@ -183,14 +186,19 @@ def _solve(problem, u0, key, lr, hyper, limits, token, solver, memory, capacity)
         u = _select(take, u2, u)
         opt_state = _select(take, opt_state2, opt_state)
         est_state = est_state2  # unguarded: a bad step ends the solve and the state is discarded (a select copies it)
-        return (j + 1, u, opt_state, est_state, key, steps + active.astype(jnp.int32),
-                evals + jnp.where(active, est.evals_per_step, 0.0), ok & (good | ~active))
+        return (j + 1, u, opt_state, est_state, key, jnp.where(active & ~good, j, bad), rem)
 
     def epoch_body(c):
         u, opt_state, est_state, key, epoch, steps, evals, status, hist, nrec, last_u = c
-        inner = (jnp.int32(0), u, opt_state, est_state, key, steps, evals, jnp.array(True))
+        rem = limits["steps"] - steps  # steps j < rem of this epoch are within the `steps` limit
+        inner = (jnp.int32(0), u, opt_state, est_state, key, jnp.int32(spe), rem)
         inner = jax.lax.fori_loop(0, spe, step, inner)
-        _, u, opt_state, est_state, key, steps, evals, ok = inner
+        _, u, opt_state, est_state, key, bad, _ = inner
+        ok = bad == spe
+        # the steps taken (active): all within the limit, or up to and including the non-finite one
+        active = jnp.where(ok, jnp.clip(rem, 0, spe), bad + 1)
+        steps = steps + active
+        evals = evals + active.astype(evals.dtype) * est.evals_per_step
         epoch = epoch + 1
         obj, gnorm, reps = measure(u, opt_state)
         t = io_callback(_host_tick, jax.ShapeDtypeStruct((), jnp.float32), token, epoch, obj, gnorm)
