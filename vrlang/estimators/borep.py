@@ -57,9 +57,8 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from vrlang.estimators.bilevel import (AUTO_DRAWS, LBFGS, Implicit, Neumann, _auto_lr, _flat, _LinearSolver,
-                                      inverse_step, neumann_series, sampled_top_eigenvalue)
-from vrlang.estimators.stochastic_implicit import _AUTO_KEY, _STEP_SALT, StochasticImplicit, _fold
+from vrlang.estimators.bilevel import LBFGS, Implicit, Neumann, _auto_lr, _flat, _LinearSolver, neumann_series
+from vrlang.estimators.stochastic_implicit import StochasticImplicit, minibatch_auto_lr, sgd_steps
 
 
 class NeumannAt(_LinearSolver):
@@ -144,18 +143,14 @@ class StochasticBoRep(BoRep):
             out, new = BoRep.decide_from(self, op, exact, init, None)
             if self.lr is None:
                 y = ravel_pytree(new["y"])[0].astype(x0.dtype)
-                keys = jax.random.split(jax.random.PRNGKey(_AUTO_KEY), AUTO_DRAWS)
-                new = {**new, "lr": sg(inverse_step(sampled_top_eigenvalue(h, y, keys))).astype(x0.dtype)}
+                new = {**new, "lr": minibatch_auto_lr(h, y).astype(x0.dtype)}
             return out, new
         if key is None:
             return BoRep.decide_from(self, op, exact, init, state)
         y, t, lr = sg(ravel_pytree(state["y"])[0].astype(x0.dtype)), state["t"], state["lr"]
 
-        def update(v):
-            return jax.lax.fori_loop(
-                0, self.steps, lambda k, w: w - lr * jax.grad(lambda u: h(u, _fold(key, _STEP_SALT, k)))(w), v)
-
-        y = sg(jax.lax.cond((t > 0) & (t % self.period == 0), update, lambda v: v, y))
+        y = sg(jax.lax.cond((t > 0) & (t % self.period == 0), lambda v: sgd_steps(h, v, lr, key, self.steps),
+                            lambda v: v, y))
         alpha = lr if self.alpha is None else jnp.asarray(self.alpha, x0.dtype)
         at_y = StochasticImplicit(self.inner, Neumann(self.iters), True, 0, None, self.iters, None)
         out, _ = at_y.decide_sampled(op, fn, init, {"y": unravel(y), "lr": lr, "alpha": alpha}, key)

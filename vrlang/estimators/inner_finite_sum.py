@@ -84,6 +84,10 @@ class _MinibatchInner(eqx.Module):
 
     lr_scale: ClassVar[float] = 0.5
 
+    steps: int = eqx.field(static=True, default=100)
+    batch: int = eqx.field(static=True, default=8)
+    lr: float | None = eqx.field(static=True, default=None)
+
     def step_size(self, fn, x0):
         if self.lr is not None:
             return jnp.asarray(self.lr, x0.dtype)
@@ -94,12 +98,14 @@ class _MinibatchInner(eqx.Module):
         raise NotImplementedError("unrolling differentiates gradient descent only")
 
 
+def _svrg_step(mb, x, snap, mu, lr, t):
+    """The SVRG/L-SVRG step on the minibatch of draw ``t``: ``x - lr (g_t(x) - g_t(snap) + mu)``, guarded."""
+    return _guarded(x, x - lr * (mb(x, t) - mb(snap, t) + mu))
+
+
 class InnerSVRG(_MinibatchInner):
     """SVRG on the inner finite sum: ``steps`` minibatch steps, snapshot (full gradient) every ``epoch`` steps."""
 
-    steps: int = eqx.field(static=True, default=100)
-    batch: int = eqx.field(static=True, default=8)
-    lr: float | None = eqx.field(static=True, default=None)
     epoch: int = eqx.field(static=True, default=DEFAULT_EPOCH)
 
     def minimize(self, fn, x0, ref=None):
@@ -113,7 +119,7 @@ class InnerSVRG(_MinibatchInner):
         def body(t, c):
             x, snap, mu = c
             snap, mu = jax.lax.cond(t % m == 0, lambda: (x, full(x)), lambda: (snap, mu))
-            return _guarded(x, x - lr * (mb(x, t) - mb(snap, t) + mu)), snap, mu
+            return _svrg_step(mb, x, snap, mu, lr, t), snap, mu
 
         x, _, _ = jax.lax.fori_loop(0, self.steps, body, (x0, x0, jnp.zeros_like(x0)))
         return x
@@ -122,9 +128,6 @@ class InnerSVRG(_MinibatchInner):
 class InnerLSVRG(_MinibatchInner):
     """Loopless SVRG on the inner finite sum: the snapshot refreshed with probability ``p`` after each step."""
 
-    steps: int = eqx.field(static=True, default=100)
-    batch: int = eqx.field(static=True, default=8)
-    lr: float | None = eqx.field(static=True, default=None)
     p: float = eqx.field(static=True, default=DEFAULT_P)
 
     def minimize(self, fn, x0, ref=None):
@@ -137,7 +140,7 @@ class InnerLSVRG(_MinibatchInner):
 
         def body(t, c):
             x, snap, mu = c
-            x2 = _guarded(x, x - lr * (mb(x, t) - mb(snap, t) + mu))
+            x2 = _svrg_step(mb, x, snap, mu, lr, t)
             coin = jax.random.bernoulli(jax.random.fold_in(key, _COIN_DRAW0 + t), self.p)
             snap, mu = jax.lax.cond(coin, lambda: (x, full(x)), lambda: (snap, mu))  # w <- v_t (Kovalev et al.)
             return x2, snap, mu
@@ -150,10 +153,6 @@ class InnerSAGA(_MinibatchInner):
     """SAGA on the items of the inner problem's one sum: a table of ``n`` per-item gradients w.r.t. ``v``."""
 
     lr_scale: ClassVar[float] = 1.0 / 3.0
-
-    steps: int = eqx.field(static=True, default=100)
-    batch: int = eqx.field(static=True, default=8)
-    lr: float | None = eqx.field(static=True, default=None)
 
     def minimize(self, fn, x0, ref=None):
         """SAGA from ``x0``, the table built at ``x0``; the indices are drawn from ``fn.key``."""

@@ -75,6 +75,22 @@ def _fold(key, *salts):
     return key
 
 
+def minibatch_auto_lr(h, y):
+    """``lr = auto`` of a minibatched inner problem ``h(v, key)``: the inverse of the largest top eigenvalue
+    of the minibatch Hessian at ``y`` over ``AUTO_DRAWS`` fixed draws (no gradient through it)."""
+    keys = jax.random.split(jax.random.PRNGKey(_AUTO_KEY), AUTO_DRAWS)
+    return jax.lax.stop_gradient(inverse_step(sampled_top_eigenvalue(h, y, keys)))
+
+
+def sgd_steps(h, y, lr, key, steps):
+    """``steps`` SGD steps on ``h(v, key)`` from ``y``, step k on the minibatch of ``key`` folded with
+    ``_STEP_SALT`` and k (stocBiO's inner steps, BO-REP's periodic lower update)."""
+    def step(k, w):
+        return w - lr * jax.grad(lambda v: h(v, _fold(key, _STEP_SALT, k)))(w)
+
+    return jax.lax.fori_loop(0, steps, step, y)
+
+
 def stochastic_neumann(hvp, b, alpha, terms: int, key):
     r""":math:`\alpha \sum_{q<Q} \prod_{j=1}^{q} (I - \alpha H_{B_j}) b` with ``hvp(key_j, p)`` = :math:`H_{B_j} p`,
     ``key_j = fold_in(key, j)`` (``terms - 1`` HVPs)."""
@@ -104,10 +120,6 @@ class StochasticImplicit(Implicit):
     def stateful(self) -> bool:
         return True
 
-    def _auto_lr(self, h, y):
-        keys = jax.random.split(jax.random.PRNGKey(_AUTO_KEY), AUTO_DRAWS)
-        return jax.lax.stop_gradient(inverse_step(sampled_top_eigenvalue(h, y, keys)))
-
     def decide_sampled(self, op: str, fn, init, state, key):
         """One evaluation of ``op`` (argmin/argmax/min/max) with binder state.
 
@@ -130,7 +142,7 @@ class StochasticImplicit(Implicit):
             out, sol = Implicit.decide_from(self, op, lambda v: fn(v, None, False), init, start)
             y = sg(ravel_pytree(sol)[0].astype(dtype))
             if state is None:
-                lr = jnp.asarray(self.lr, dtype) if self.lr is not None else self._auto_lr(h, y)
+                lr = jnp.asarray(self.lr, dtype) if self.lr is not None else minibatch_auto_lr(h, y)
                 alpha = jnp.asarray(self.alpha, dtype) if self.alpha is not None else lr
             else:
                 lr, alpha = state["lr"], state["alpha"]
@@ -138,10 +150,7 @@ class StochasticImplicit(Implicit):
         y = sg(ravel_pytree(state["y"])[0].astype(dtype))
         lr, alpha = state["lr"], state["alpha"]
         if self.steps:
-            def step(k, yk):
-                return yk - lr * jax.grad(lambda v: h(v, _fold(key, _STEP_SALT, k)))(yk)
-
-            y = sg(jax.lax.fori_loop(0, self.steps, step, y))
+            y = sg(sgd_steps(h, y, lr, key, self.steps))
         new = {"y": unravel(y), "lr": lr, "alpha": alpha}
         kc = _fold(key, _CROSS_SALT)
         if op in ("min", "max"):  # Danskin at the tracked y, on the cross-term minibatch
@@ -160,4 +169,4 @@ class StochasticImplicit(Implicit):
         return unravel(y - corr), new
 
 
-__all__ = ["StochasticImplicit", "stochastic_neumann"]
+__all__ = ["StochasticImplicit", "minibatch_auto_lr", "sgd_steps", "stochastic_neumann"]
